@@ -1,0 +1,5 @@
+import sys
+
+from masklet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,219 @@
+"""The typed configuration of a masklet job: one YAML file plus dotted command-line overrides.
+
+Everything is validated before any work starts, so a typo or an impossible value costs a
+second on the laptop rather than an hour on a cluster. Errors name the dotted key at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+import fsspec
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MODEL_PRESETS = (
+    "sam2_hiera_t",
+    "sam2_hiera_s",
+    "sam2_hiera_b_plus",
+    "sam2_hiera_l",
+    "sam2.1_hiera_t",
+    "sam2.1_hiera_s",
+    "sam2.1_hiera_b_plus",
+    "sam2.1_hiera_l",
+)
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names every key at fault."""
+
+
+class _Section(BaseModel):
+    """Unknown keys are refused: a misspelt option must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Section):
+    """Where the videos come from and how they are decoded."""
+
+    uri: str = Field(min_length=1, description="fsspec URI, glob or brace pattern of the input")
+    format: Literal["wds", "manifest", "frames"] = "wds"
+    videos_per_shard: int = Field(default=64, ge=1, description="shard size for manifests and frame folders")
+    fps: float | None = Field(default=6.0, gt=0, description="annotation fps; null keeps every frame")
+    max_frames: int | None = Field(default=None, ge=1)
+    prefetch_frames: int = Field(default=16, ge=1)
+
+
+class ModelConfig(_Section):
+    """Which SAM 2 model to build and where its weights are."""
+
+    name: str = "sam2.1_hiera_t"
+    checkpoint: str | None = Field(default=None, description="fsspec URI of the weights")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    @field_validator("name")
+    @classmethod
+    def _known_preset(cls, name: str) -> str:
+        if name not in MODEL_PRESETS:
+            raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_PRESETS)}")
+        return name
+
+
+class PipelineConfig(_Section):
+    """What happens to one video; the automatic-mask defaults are those of SAM 2's generator."""
+
+    mode: Literal["auto", "prompted"] = "auto"
+    points_per_side: int = Field(default=32, ge=1)
+    points_per_batch: int = Field(default=64, ge=1)
+    pred_iou_thresh: Fraction = 0.8
+    stability_score_thresh: Fraction = 0.95
+    stability_score_offset: float = Field(default=1.0, ge=0.0)
+    box_nms_thresh: Fraction = 0.7
+    crop_n_layers: int = Field(default=0, ge=0)
+    min_mask_region_area: int = Field(default=0, ge=0)
+    reseed_every: int | None = Field(default=None, ge=1, description="annotated frames between re-seeds")
+    new_object_iou_thresh: Fraction = 0.3
+    edit_iou_thresh: Fraction = 0.7
+    max_objects: int = Field(default=64, ge=1)
+    propagate_backward: bool = False
+
+
+class FiltersConfig(_Section):
+    """Per-masklet quality thresholds; a masklet failing any of them is kept=false with a reason."""
+
+    min_stability_mean: Fraction = 0.0
+    min_pred_iou_mean: Fraction = 0.0
+    min_visible_frames: int = Field(default=1, ge=0)
+    min_area_rel: Fraction = 0.0
+    max_area_rel: Fraction = 1.0
+    dedup_iou: Fraction = 0.8
+
+    @model_validator(mode="after")
+    def _area_range(self) -> FiltersConfig:
+        if self.min_area_rel > self.max_area_rel:
+            raise ValueError(
+                f"min_area_rel ({self.min_area_rel}) must not exceed max_area_rel ({self.max_area_rel})"
+            )
+        return self
+
+
+class OutputConfig(_Section):
+    """Where the masklet shards go."""
+
+    uri: str = Field(min_length=1)
+    write_video: bool = Field(default=False, description="copy each video's bytes into wds/{shard}.tar")
+
+
+class RayConfig(_Section):
+    """Which Ray to run on: none given means an embedded local Ray on 127.0.0.1."""
+
+    address: str | None = None
+
+
+class WorkersConfig(_Section):
+    """How many worker actors and what each one holds."""
+
+    count: int | None = Field(default=None, ge=1, description="null: one per GPU, or one per CPU pool")
+    num_gpus: float | None = Field(default=None, ge=0, description="null: 1 where GPUs exist, else 0")
+    num_cpus: float = Field(default=1.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+
+
+class JobConfig(_Section):
+    """A whole job: everything `masklet run` needs."""
+
+    source: SourceConfig
+    model: ModelConfig = ModelConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    filters: FiltersConfig = FiltersConfig()
+    output: OutputConfig
+    ray: RayConfig = RayConfig()
+    workers: WorkersConfig = WorkersConfig()
+
+    @model_validator(mode="after")
+    def _output_is_not_input(self) -> JobConfig:
+        if self.output.uri.rstrip("/") == self.source.uri.rstrip("/"):
+            raise ValueError(f"output.uri must differ from source.uri (both {self.output.uri!r})")
+        return self
+
+    def content_hash(self) -> str:
+        """A stable hash of every setting, recorded with outputs so a resume can detect a change."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid config {origin}:"]
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        got = f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden") else ""
+        lines.append(f"  {key}: {message}{got}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into its key path and a YAML-typed value (`2` is an int, `null` None)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted override in a nested dict, refusing to descend through a non-mapping."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(f"override {text!r}: {where} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(uri: str, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML config from any fsspec URI, apply overrides and validate the whole."""
+    try:
+        with fsspec.open(uri, "r") as f:
+            text = f.read()
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise ConfigError(f"config file {uri!r} not found") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {uri!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {uri!r} must hold a mapping of sections, not {type(data).__name__}")
+    return validate_config(apply_overrides(data, overrides or []), origin=uri)
+
+
+def validate_config(data: dict[str, Any], origin: str = "(dict)") -> JobConfig:
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from None
+
+
+def dump_config(config: JobConfig) -> str:
+    """The fully resolved config as YAML, defaults included."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,103 @@
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from masklet.config import ConfigError, JobConfig, load_config, validate_config
+
+DEMO = str(Path(__file__).parents[1] / "configs" / "demo.yaml")
+MINIMAL = {"source": {"uri": "in/"}, "output": {"uri": "out/"}}
+
+
+def test_demo_config_loads_with_defaults() -> None:
+    config = load_config(DEMO)
+    assert config.model.name == "sam2.1_hiera_t"
+    assert config.pipeline.points_per_side == 16
+    assert config.pipeline.pred_iou_thresh == 0.8  # SAM 2 generator default
+    assert config.ray.address is None
+    assert config.workers.count is None
+
+
+def test_dotted_overrides_are_typed_by_yaml() -> None:
+    config = load_config(DEMO, ["model.name=sam2_hiera_s", "workers.count=2", "pipeline.reseed_every=null",
+                                "ray.address=ray://head:10001", "workers.num_cpus=0.5"])
+    assert config.model.name == "sam2_hiera_s"
+    assert config.workers.count == 2
+    assert config.pipeline.reseed_every is None
+    assert config.ray.address == "ray://head:10001"
+    assert config.workers.num_cpus == 0.5
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("workers.cont=2", "workers.cont: unknown key"),
+        ("modle.name=x", "modle: unknown key"),
+        ("workers.count=two", "workers.count: Input should be a valid integer"),
+        ("workers.count=2.5", "workers.count: Input should be a valid integer"),
+        ("workers.count=0", "workers.count: Input should be greater than or equal to 1"),
+        ("pipeline.pred_iou_thresh=1.5", "pipeline.pred_iou_thresh: Input should be less than or equal to 1"),
+        ("pipeline.mode=manual", "pipeline.mode: Input should be 'auto' or 'prompted'"),
+        ("model.name=sam3", "model.name: unknown model 'sam3'; expected one of sam2_hiera_t"),
+        ("model.device=gpu", "model.device: String should match pattern"),
+        ("model.sha256=abc", "model.sha256: String should match pattern"),
+        ("filters.min_area_rel=0.5", "min_area_rel (0.5) must not exceed max_area_rel (0.1)"),
+        ("output.uri=in/", "output.uri must differ from source.uri"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(override: str, expected: str) -> None:
+    data = {**MINIMAL, "filters": {"max_area_rel": 0.1}}
+    path = "memory://bad.yaml"
+    import yaml
+
+    with fsspec.open(path, "w") as f:
+        f.write(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        load_config(path, [override])
+    assert expected in str(err.value)
+    assert str(err.value).startswith("invalid config memory://bad.yaml")
+
+
+def test_every_error_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        validate_config({"source": {"uri": "a", "fps": -1}, "workers": {"count": 0}})
+    message = str(err.value)
+    assert "source.fps: Input should be greater than 0 (got -1)" in message
+    assert "workers.count: Input should be greater than or equal to 1 (got 0)" in message
+    assert "output: required key is missing" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("workers.count", "is not of the form key.path=value"),
+        ("=3", "is not of the form key.path=value"),
+        ("workers..count=3", "is not of the form key.path=value"),
+        ("source.uri.deeper=1", "source.uri is a value, not a section"),
+        ("workers.count=[1", "value is not valid YAML"),
+    ],
+)
+def test_malformed_overrides_are_refused(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.").replace("[", r"\[")):
+        load_config(DEMO, [override])
+
+
+def test_file_problems_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping of sections, not list"):
+        load_config(str(listing))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("source: {uri: [\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(str(broken))
+
+
+def test_content_hash_is_stable_and_sensitive() -> None:
+    a = validate_config(MINIMAL)
+    b = JobConfig.model_validate(MINIMAL)
+    assert a.content_hash() == b.content_hash()
+    c = validate_config({**MINIMAL, "pipeline": {"points_per_side": 8}})
+    assert c.content_hash() != a.content_hash()
