@@ -1,0 +1,1 @@
+"""Evaluation of masklets against ground truth: DAVIS J&F and prediction-to-GT matching."""
