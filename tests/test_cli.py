@@ -30,3 +30,44 @@ def test_console_script_is_installed() -> None:
     masklet = Path(sys.executable).parent / "masklet"
     result = subprocess.run([str(masklet), "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.startswith("masklet ")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--frames", "0"], "frames must be an integer >= 1, got 0"),
+        (["--width", "-4"], "width must be an integer >= 2, got -4"),
+        (["--fps", "0"], "fps must be a positive number"),
+    ],
+)
+def test_synth_bad_arguments_fail_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    out = tmp_path / "corpus"
+    assert main(["synth", str(out), "--videos", "2", "--per-shard", "1", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
+    assert not out.exists()
+
+
+def test_synth_to_an_unwritable_uri_fails_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["synth", str(blocker / "corpus"), "--videos", "1", "--per-shard", "1"]) == 2
+    assert "cannot create output directory" in capsys.readouterr().err
+
+
+def test_synth_writes_shards_to_s3(s3_bucket: str, tmp_path: Path) -> None:
+    import fsspec
+    import webdataset as wds
+
+    uri = f"s3://{s3_bucket}/corpus"
+    args = ["synth", uri, "--videos", "3", "--per-shard", "2", "--width", "64", "--height", "48", "--frames", "6"]
+    assert main(args) == 0
+    fs = fsspec.filesystem("s3")
+    assert sorted(fs.ls(f"{s3_bucket}/corpus")) == [f"{s3_bucket}/corpus/shard-00000{i}.tar" for i in (0, 1)]
+    local = tmp_path / "shard.tar"
+    fs.get_file(f"{s3_bucket}/corpus/shard-000001.tar", str(local))
+    samples = list(wds.WebDataset(str(local), shardshuffle=False))
+    assert [s["__key__"] for s in samples] == ["synth-000002"]
+    assert {"mp4", "json", "gt.json"} <= samples[0].keys()

@@ -1,0 +1,1 @@
+"""Bytes in and out: storage, RLE, video encoding and decoding, SA-V annotations."""
