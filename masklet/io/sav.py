@@ -79,8 +79,7 @@ def build(
     ids = list(range(num_objects)) if masklet_ids is None else [int(i) for i in masklet_ids]
     if len(ids) != num_objects:
         raise ValueError(f"{len(ids)} masklet ids for {num_objects} objects")
-    areas = np.array([[rle.area(r) for r in row] for row in masklet], dtype=np.int64)
-    areas = areas.reshape(num_entries, num_objects)
+    areas = rle.area_batch([r for row in masklet for r in row]).reshape(num_entries, num_objects)
     resolution = height * width
     size_abs, changes, first = [], [], []
     for obj in range(num_objects):
