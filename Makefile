@@ -34,7 +34,7 @@ test: lint
 demo: install
 	$(BIN)/masklet synth $(DEMO_DIR)/corpus --videos 8 --per-shard 4 --seed 0
 	@echo "The sample corpus is in $(DEMO_DIR)/corpus."
-	@echo "The model and the job runner are not built yet (issues 3-6), so the demo stops here."
+	@echo "The auto-labelling job (masklet run) is not built yet, so the demo stops after the corpus."
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

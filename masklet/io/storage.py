@@ -1,25 +1,183 @@
-"""Atomic writes to any fsspec URI: a reader sees a whole file or no file.
+"""Atomic, retried writes to any fsspec URI: a reader sees a whole file or no file.
 
 Local targets are staged beside the destination and moved into place with `os.replace`;
-remote targets (s3://, gs://, ...) are staged in a local temp file and uploaded in one call,
-and object stores only make an object visible once its upload completes.
+remote targets (s3://, gs://, ...) are staged in a local temp file and uploaded in one call
+(s3fs switches to a multipart upload for big files), and object stores only make an object
+visible once its upload completes.
+
+Every remote call goes through `call`: transient errors (connection drops, timeouts, 5xx,
+SlowDown/throttling) are retried with exponential backoff and jitter, on top of the retries
+botocore and s3fs already make per request; permanent ones (no such bucket, access denied, other
+4xx) fail at once as a `StorageError` naming the URI. Endpoints and credentials come from the
+environment as users set them (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) or from
+`storage_options`, the fsspec keyword arguments a config can pass down (e.g. `{"endpoint_url": ...}`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
+import functools
+import logging
 import os
+import random
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+StorageOptions = Mapping[str, Any] | None
 
-def url_to_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+# S3 error codes (and their HTTP statuses) that mean "try again later".
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "BandwidthLimitExceeded",
+        "PriorRequestNotComplete",
+    }
+)
+_TRANSIENT_STATUSES = frozenset({408, 429})
+# s3fs turns SlowDown/503 into OSError(EBUSY) and 500 into OSError(EREMOTEIO).
+_TRANSIENT_ERRNOS = frozenset(
+    {errno.EBUSY, getattr(errno, "EREMOTEIO", errno.EIO), errno.ETIMEDOUT, errno.ECONNRESET, errno.EAGAIN}
+)
+_PERMANENT_TYPES = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
+class StorageError(OSError):
+    """A storage operation that failed for good; the message names the URI and what to check."""
+
+    def __init__(self, message: str, uri: str, transient: bool) -> None:
+        super().__init__(message)
+        self.uri = uri
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently transient storage errors are retried.
+
+    Attempt k (k >= 1) that fails transiently waits min(max_delay, base_delay * 2**(k-1)) scaled
+    by a random factor in [0.5, 1], so many workers hitting one throttled bucket spread out.
+    """
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError(f"invalid retry policy {self}")
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+@functools.cache
+def _transient_types() -> tuple[type[BaseException], ...]:
+    """Connection/timeout exception types of the clients fsspec uses, where installed."""
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError, asyncio.TimeoutError]
+    with contextlib.suppress(ImportError):
+        import botocore.exceptions as bexc
+
+        types += [bexc.ConnectionError, bexc.HTTPClientError]
+    with contextlib.suppress(ImportError):
+        import aiohttp
+
+        types += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError]
+    return tuple(types)
+
+
+def _classify_one(exc: BaseException) -> bool | None:
+    """True: transient, False: permanent, None: this exception alone does not say."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping) and isinstance(response.get("Error"), Mapping):  # botocore ClientError
+        code = str(response["Error"].get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        status = int(status) if status is not None else int(code) if code.isdigit() else None
+        return code in _TRANSIENT_CODES or (status is not None and (status >= 500 or status in _TRANSIENT_STATUSES))
+    if isinstance(exc, _PERMANENT_TYPES):
+        return False
+    if isinstance(exc, _transient_types()):
+        return True
+    for attr in ("status", "status_code", "code"):  # aiohttp, requests, gcsfs HttpError
+        status = getattr(exc, attr, None)
+        if isinstance(status, int) and 400 <= status < 600:
+            return status >= 500 or status in _TRANSIENT_STATUSES
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno in _TRANSIENT_ERRNOS
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying may help: the outermost exception in the cause chain that says decides."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        verdict = _classify_one(current)
+        if verdict is not None:
+            return verdict
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _hint(exc: BaseException) -> str:
+    text = str(exc)
+    if "bucket" in text.lower() and isinstance(exc, FileNotFoundError):
+        return " (does the bucket exist, and is the endpoint right?)"
+    if isinstance(exc, PermissionError):
+        return " (check credentials: AWS_* environment or storage_options)"
+    return ""
+
+
+def call(op: str, uri: str, fn: Callable[..., T], *args: Any, retry: RetryPolicy | None = None, **kwargs: Any) -> T:
+    """Run a storage call, retrying transient errors; fail with a StorageError naming `uri`."""
+    policy = retry or DEFAULT_RETRY
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            transient = is_transient(exc)
+            reason = f"{type(exc).__name__}: {exc}"
+            if not transient:
+                raise StorageError(f"{op} {uri} failed: {reason}{_hint(exc)}", uri, False) from exc
+            if attempt == policy.attempts:
+                raise StorageError(
+                    f"{op} {uri} failed after {attempt} attempts, last error transient: {reason}", uri, True
+                ) from exc
+            wait = policy.delay(attempt)
+            log.warning(
+                "%s %s: transient error (%s), retry %d/%d in %.1fs", op, uri, reason, attempt, policy.attempts - 1, wait
+            )
+            time.sleep(wait)
+
+
+def url_to_fs(uri: str, storage_options: StorageOptions = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and the path inside it for a URI or plain path."""
-    return fsspec.core.url_to_fs(uri)
+    return fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
 
 
 def join(uri: str, *parts: str) -> str:
@@ -31,13 +189,18 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def ensure_writable_dir(uri: str) -> None:
-    """Create a local output directory and check it is writable, so a job fails before any work.
+def ensure_writable_dir(uri: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None) -> None:
+    """Check that a job can write under `uri` before it does any work.
 
-    Remote stores have no directories to create; their permissions show at the first upload.
+    Local: create the directory and check its permissions. Remote: stores have no directories,
+    so write and delete a small probe object, which surfaces a missing bucket, a wrong endpoint
+    or denied access as a StorageError naming the URI.
     """
-    fs, path = url_to_fs(uri)
+    fs, path = url_to_fs(uri, storage_options)
     if not is_local(fs):
+        probe = join(path, f".masklet-probe-{uuid.uuid4().hex}")
+        call("write to", uri, fs.pipe_file, probe, b"", retry=retry)
+        call("delete from", uri, fs.rm_file, probe, retry=retry)
         return
     try:
         os.makedirs(path, exist_ok=True)
@@ -47,29 +210,74 @@ def ensure_writable_dir(uri: str) -> None:
         raise OSError(f"output directory {uri!r} is not writable")
 
 
-@contextlib.contextmanager
-def staged_file(uri: str) -> Iterator[str]:
-    """Yield a local path to write; on clean exit publish it at `uri` atomically, else discard it."""
-    fs, path = url_to_fs(uri)
-    if is_local(fs):
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        stage = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
-    else:
-        fd, stage = tempfile.mkstemp(prefix="masklet-", suffix=".partial")
-        os.close(fd)
-    try:
-        yield stage
-        if is_local(fs):
-            os.replace(stage, path)
+def put_file(
+    local_path: str,
+    uri: str,
+    *,
+    storage_options: StorageOptions = None,
+    retry: RetryPolicy | None = None,
+    **put_kwargs: Any,
+) -> None:
+    """Upload a local file to `uri` in one (possibly multipart) call, retried as a whole.
+
+    `put_kwargs` go to the filesystem's put_file, e.g. s3fs's `chunksize` (multipart part size;
+    files of at least twice that go multipart, default 50 MiB parts).
+    """
+    fs, path = url_to_fs(uri, storage_options)
+    call("upload to", uri, fs.put_file, local_path, path, retry=retry, **put_kwargs)
+
+
+class StagedFile:
+    """A local file to write that becomes visible at `uri` only on `publish()`, all at once.
+
+    Local targets are staged as a hidden `.{name}.{uuid}.partial` beside the destination (same
+    filesystem, so the move is atomic; readers such as pyarrow.dataset skip hidden files);
+    remote ones in the temp directory.
+    """
+
+    def __init__(self, uri: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None) -> None:
+        self.uri = uri
+        self._fs, self._path = url_to_fs(uri, storage_options)
+        self._retry = retry
+        if is_local(self._fs):
+            parent = os.path.dirname(os.path.abspath(self._path))
+            os.makedirs(parent, exist_ok=True)
+            self.path = os.path.join(parent, f".{os.path.basename(self._path)}.{uuid.uuid4().hex}.partial")
+            open(self.path, "wb").close()
         else:
-            fs.put_file(stage, path)
-    finally:
+            fd, self.path = tempfile.mkstemp(prefix="masklet-", suffix=".partial")
+            os.close(fd)
+
+    def publish(self, **put_kwargs: Any) -> None:
+        """Move (local) or upload (remote) the staged file to `uri`, then drop the stage."""
+        try:
+            if is_local(self._fs):
+                os.replace(self.path, self._path)
+            else:
+                call("upload to", self.uri, self._fs.put_file, self.path, self._path, retry=self._retry, **put_kwargs)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.remove(stage)
+            os.remove(self.path)
 
 
-def write_bytes(uri: str, data: bytes) -> None:
+@contextlib.contextmanager
+def staged_file(uri: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None) -> Iterator[str]:
+    """Yield a local path to write; on clean exit publish it at `uri` atomically, else discard it."""
+    staged = StagedFile(uri, storage_options=storage_options, retry=retry)
+    try:
+        yield staged.path
+    except BaseException:
+        staged.discard()
+        raise
+    staged.publish()
+
+
+def write_bytes(
+    uri: str, data: bytes, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None
+) -> None:
     """Write `data` to `uri` atomically."""
-    with staged_file(uri) as stage, open(stage, "wb") as f:
+    with staged_file(uri, storage_options=storage_options, retry=retry) as stage, open(stage, "wb") as f:
         f.write(data)
