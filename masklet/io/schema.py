@@ -1,0 +1,286 @@
+"""The fixed Arrow schemas of an output shard, and the records the pipelines fill.
+
+Column meanings are documented in docs/output-schema.md; change both together and bump
+`SCHEMA_VERSION`. Records hold RLE strings only (masks never travel dense) and become Arrow
+tables in one batch per shard. Repeated strings (`source`, `model`, `status`, ...) are plain
+`string` columns: Parquet dictionary-encodes them on disk anyway, and plain strings keep files
+from different shards concatenable without dictionary unification.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from masklet.io import rle
+from masklet.io.rle import RLE
+
+SCHEMA_VERSION = 1
+SOURCES = ("auto", "prompt")
+STATUSES = ("ok", "error")
+MAX_KEY_LEN = 90  # "{key}.webm" fits a plain USTAR member name (100 bytes)
+_SAFE_KEY = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_KEY_LEN}}}")
+
+MASKLETS_SCHEMA = pa.schema(
+    [
+        pa.field("video_key", pa.string(), nullable=False),
+        pa.field("masklet_id", pa.int32(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("frame_indices", pa.list_(pa.int32()), nullable=False),
+        pa.field("rle", pa.list_(pa.string()), nullable=False),
+        pa.field("area", pa.list_(pa.int32()), nullable=False),
+        pa.field("pred_iou", pa.list_(pa.float32()), nullable=False),
+        pa.field("stability", pa.list_(pa.float32()), nullable=False),
+        pa.field("object_score", pa.list_(pa.float32()), nullable=False),
+        pa.field("first_frame", pa.int32(), nullable=False),
+        pa.field("num_visible", pa.int32(), nullable=False),
+        pa.field("visibility_changes", pa.int32(), nullable=False),
+        pa.field("edit_count", pa.int32(), nullable=False),
+        pa.field("stability_mean", pa.float32()),
+        pa.field("pred_iou_mean", pa.float32()),
+        pa.field("area_rel_mean", pa.float32(), nullable=False),
+        pa.field("kept", pa.bool_(), nullable=False),
+        pa.field("reject_reason", pa.string()),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+    ],
+    metadata={"masklet.table": "masklets", "masklet.schema_version": str(SCHEMA_VERSION)},
+)
+
+VIDEOS_SCHEMA = pa.schema(
+    [
+        pa.field("video_key", pa.string(), nullable=False),
+        pa.field("original_key", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("shard_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("error_type", pa.string()),
+        pa.field("fps", pa.float64()),
+        pa.field("frame_count", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("frame_indices", pa.list_(pa.int32()), nullable=False),
+        pa.field("frames_processed", pa.int32(), nullable=False),
+        pa.field("num_masklets", pa.int32(), nullable=False),
+        pa.field("num_kept", pa.int32(), nullable=False),
+        pa.field("video_bytes", pa.int64()),
+        pa.field("decoder", pa.string()),
+        pa.field("decode_seconds", pa.float64(), nullable=False),
+        pa.field("model_seconds", pa.float64(), nullable=False),
+        pa.field("total_seconds", pa.float64(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+    ],
+    metadata={"masklet.table": "videos", "masklet.schema_version": str(SCHEMA_VERSION)},
+)
+
+
+def is_safe_key(key: str) -> bool:
+    """Whether a key can name tar members (WebDataset cuts names at the first dot and at slashes)."""
+    return _SAFE_KEY.fullmatch(key) is not None
+
+
+@dataclass
+class MaskletRecord:
+    """One masklet of one video: per annotated frame RLE counts ("" where not visible) and scores.
+
+    `from_frames` derives the summary columns from the per-frame lists, so they never disagree.
+    """
+
+    video_key: str
+    masklet_id: int
+    source: str
+    height: int
+    width: int
+    frame_indices: list[int]
+    rle: list[str]
+    area: list[int]
+    pred_iou: list[float]
+    stability: list[float]
+    object_score: list[float]
+    first_frame: int
+    num_visible: int
+    visibility_changes: int
+    edit_count: int
+    stability_mean: float | None
+    pred_iou_mean: float | None
+    area_rel_mean: float
+    kept: bool = True
+    reject_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"masklet source must be one of {SOURCES}, got {self.source!r}")
+        n = len(self.frame_indices)
+        for name in ("rle", "area", "pred_iou", "stability", "object_score"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(
+                    f"masklet {self.masklet_id}: {name} has {len(getattr(self, name))} entries, frame_indices has {n}"
+                )
+        if self.kept == (self.reject_reason is not None):
+            raise ValueError(f"masklet {self.masklet_id}: a kept masklet has no reject_reason, a dropped one has one")
+
+    @classmethod
+    def from_frames(
+        cls,
+        video_key: str,
+        masklet_id: int,
+        *,
+        source: str,
+        frame_indices: Sequence[int],
+        rles: Sequence[RLE],
+        pred_iou: Sequence[float],
+        stability: Sequence[float],
+        object_score: Sequence[float],
+        edit_count: int = 0,
+        kept: bool = True,
+        reject_reason: str | None = None,
+    ) -> MaskletRecord:
+        """A record from per-frame RLEs (all one size, at the video's resolution) and scores.
+
+        Means are over the frames where the masklet is visible (null scores if it never is);
+        visibility changes count switches after the first appearance, as SA-V does.
+        """
+        if not rles:
+            raise ValueError(f"masklet {masklet_id} of {video_key!r} has no frames")
+        sizes = {tuple(r["size"]) for r in rles}
+        if len(sizes) != 1:
+            raise ValueError(f"masklet {masklet_id} of {video_key!r} mixes mask sizes {sorted(sizes)}")
+        ((height, width),) = sizes
+        areas = rle.area_batch(rles)
+        visible = areas > 0
+        first = int(np.argmax(visible)) if visible.any() else len(rles)
+        changes = int(np.count_nonzero(visible[first + 1 :] != visible[first:-1]))
+
+        def visible_mean(values: Sequence[float]) -> float | None:
+            return float(np.mean(np.asarray(values, dtype=np.float64)[visible])) if visible.any() else None
+
+        return cls(
+            video_key=video_key,
+            masklet_id=int(masklet_id),
+            source=source,
+            height=int(height),
+            width=int(width),
+            frame_indices=[int(i) for i in frame_indices],
+            rle=[str(r["counts"]) if a else "" for r, a in zip(rles, areas, strict=True)],
+            area=[int(a) for a in areas],
+            pred_iou=[float(x) for x in pred_iou],
+            stability=[float(x) for x in stability],
+            object_score=[float(x) for x in object_score],
+            first_frame=int(frame_indices[first]) if first < len(rles) else -1,
+            num_visible=int(visible.sum()),
+            visibility_changes=changes,
+            edit_count=int(edit_count),
+            stability_mean=visible_mean(stability),
+            pred_iou_mean=visible_mean(pred_iou),
+            area_rel_mean=float(areas[visible].mean() / (height * width)) if visible.any() else 0.0,
+            kept=kept,
+            reject_reason=reject_reason,
+        )
+
+    def rles(self) -> list[RLE]:
+        """The per-frame RLEs, with an empty mask where the masklet is not visible."""
+        empty = empty_counts(self.height, self.width)
+        return [{"size": [self.height, self.width], "counts": c or empty} for c in self.rle]
+
+
+@dataclass
+class VideoRecord:
+    """The outcome of one input video, failed or not.
+
+    `video_key` is the tar-safe key (masklet.io.sources' `VideoInput.key`), `original_key` the
+    key as the input spelled it.
+    """
+
+    video_key: str
+    original_key: str
+    source_uri: str
+    status: str = "ok"
+    error: str | None = None
+    error_type: str | None = None
+    fps: float | None = None
+    frame_count: int | None = None
+    height: int | None = None
+    width: int | None = None
+    frame_indices: list[int] = field(default_factory=list)
+    video_bytes: int | None = None
+    decoder: str | None = None
+    decode_seconds: float = 0.0
+    model_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not is_safe_key(self.video_key):
+            raise ValueError(
+                f"video_key {self.video_key!r} (of {self.original_key!r}) is not tar-safe: "
+                f"[A-Za-z0-9_-], 1 to {MAX_KEY_LEN} characters; see masklet.io.sources.sanitize_key"
+            )
+        if self.status not in STATUSES:
+            raise ValueError(f"video status must be one of {STATUSES}, got {self.status!r}")
+        if (self.status == "error") != bool(self.error):
+            raise ValueError(f"video {self.original_key!r}: an error row needs an error message, an ok row none")
+        if self.status == "ok":
+            missing = [n for n in ("fps", "frame_count", "height", "width") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"video {self.original_key!r} is ok but lacks {', '.join(missing)}")
+
+
+def masklets_table(records: Sequence[MaskletRecord], *, model: str, config_hash: str) -> pa.Table:
+    """The masklets of a shard as one Arrow table in MASKLETS_SCHEMA."""
+    constants = {"model": model, "config_hash": config_hash}
+    return _table(MASKLETS_SCHEMA, records, constants)
+
+
+def videos_table(
+    records: Sequence[VideoRecord],
+    masklets: Iterable[MaskletRecord],
+    *,
+    shard_id: str,
+    model: str,
+    config_hash: str,
+) -> pa.Table:
+    """The videos of a shard as one Arrow table in VIDEOS_SCHEMA; masklet counts come from `masklets`."""
+    total: dict[str, int] = {}
+    kept: dict[str, int] = {}
+    for m in masklets:
+        total[m.video_key] = total.get(m.video_key, 0) + 1
+        kept[m.video_key] = kept.get(m.video_key, 0) + int(m.kept)
+    derived = {
+        "frames_processed": [len(v.frame_indices) for v in records],
+        "num_masklets": [total.get(v.video_key, 0) for v in records],
+        "num_kept": [kept.get(v.video_key, 0) for v in records],
+    }
+    constants = {"shard_id": shard_id, "model": model, "config_hash": config_hash}
+    return _table(VIDEOS_SCHEMA, records, constants, derived)
+
+
+def _table(
+    schema: pa.Schema,
+    records: Sequence[object],
+    constants: Mapping[str, object],
+    derived: Mapping[str, list] | None = None,
+) -> pa.Table:
+    columns = {}
+    for f in schema:
+        if f.name in constants:
+            values = [constants[f.name]] * len(records)
+        elif derived and f.name in derived:
+            values = derived[f.name]
+        else:
+            values = [getattr(r, f.name) for r in records]
+        columns[f.name] = pa.array(values, type=f.type)
+    return pa.table(columns, schema=schema)
+
+
+@functools.lru_cache(maxsize=64)
+def empty_counts(height: int, width: int) -> str:
+    """COCO counts of an all-background mask, computed once per size."""
+    return rle.encode(np.zeros((height, width), dtype=bool))["counts"]

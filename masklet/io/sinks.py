@@ -1,0 +1,313 @@
+"""Write one output shard so that a reader sees all of it or none of it.
+
+A shard is `masklets/{shard}.parquet`, `videos/{shard}.parquet`, `wds/{shard}.tar` and, written
+last as the commit, `_done/{shard}.json`. Rows are buffered (RLE strings only); each video's
+tar members go straight into a staged local tar, so video bytes are never held for the whole
+shard. `commit()` first removes an old marker (a rerun overwrites the shard), then publishes every
+file whole (local: atomic rename; remote: one upload each), then the marker. An exception or a
+kill before that leaves no marker, so the shard reads as not done and a rerun redoes it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+import posixpath
+import re
+import tarfile
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from masklet import __version__
+from masklet.io import sav, storage
+from masklet.io.schema import (
+    SCHEMA_VERSION,
+    MaskletRecord,
+    VideoRecord,
+    empty_counts,
+    masklets_table,
+    videos_table,
+)
+from masklet.io.storage import RetryPolicy, StagedFile, StorageError, StorageOptions
+
+DONE_DIR = "_done"
+# Hidden names ('.', '_') are skipped by pyarrow.dataset, so a shard id may not start with one.
+_SHARD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_VIDEO_EXT = re.compile(r"[a-z0-9]{1,5}")
+
+
+def check_shard_id(shard_id: str) -> str:
+    if not _SHARD_ID.fullmatch(shard_id):
+        raise ValueError(f"shard id {shard_id!r} must match {_SHARD_ID.pattern} (it names files)")
+    return shard_id
+
+
+def shard_files(shard_id: str) -> dict[str, str]:
+    """The paths of a shard's files relative to the output root, marker included."""
+    check_shard_id(shard_id)
+    return {
+        "masklets": f"masklets/{shard_id}.parquet",
+        "videos": f"videos/{shard_id}.parquet",
+        "wds": f"wds/{shard_id}.tar",
+        "done": f"{DONE_DIR}/{shard_id}.json",
+    }
+
+
+def sav_annotation(video: VideoRecord, masklets: Sequence[MaskletRecord]) -> dict:
+    """The SA-V annotation of a video with its kept masklets.
+
+    Its frames are the video's annotated frames plus any frame a masklet of the video has; a kept
+    masklet gets an empty mask (and stability 0) on frames it was not tracked on. `video_id` is the
+    sanitised key (the tar member name); `original_key` and `source_uri` say where it came from.
+    """
+    kept = [m for m in masklets if m.kept]
+    axis = sorted(set(video.frame_indices).union(*(m.frame_indices for m in masklets)))
+    position = {f: t for t, f in enumerate(axis)}
+    height, width = int(video.height), int(video.width)
+    blank = {"size": [height, width], "counts": empty_counts(height, width)}
+    grid = [[blank] * len(kept) for _ in axis]
+    stability = [[0.0] * len(axis) for _ in kept]
+    for j, m in enumerate(kept):
+        for f, r, s in zip(m.frame_indices, m.rles(), m.stability, strict=True):
+            grid[position[f]][j] = r
+            stability[j][position[f]] = s
+    doc = sav.build(
+        video.video_key,
+        grid,
+        height=height,
+        width=width,
+        fps=float(video.fps),
+        frame_indices=axis,
+        # container metadata can undercount frames; never claim fewer than were annotated
+        video_frame_count=max(int(video.frame_count), axis[-1] + 1 if axis else 0),
+        masklet_ids=[m.masklet_id for m in kept],
+        edited_frame_counts=[m.edit_count for m in kept],
+        stability_scores=stability,
+    )
+    doc["masklet_type"] = [m.source for m in kept]
+    doc["original_key"] = video.original_key
+    doc["source_uri"] = video.source_uri
+    return doc
+
+
+class ShardWriter:
+    """Buffers one shard's rows and streams its tar; `commit()` publishes it, marker last.
+
+    Use as a context manager: leaving the block without `commit()` (an exception) discards
+    everything staged and publishes nothing.
+    """
+
+    def __init__(
+        self,
+        output_uri: str,
+        shard_id: str,
+        *,
+        model: str,
+        config_hash: str,
+        write_video: bool = False,
+        storage_options: StorageOptions = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.output_uri = output_uri
+        self.shard_id = check_shard_id(shard_id)
+        self.model = model
+        self.config_hash = config_hash
+        self.write_video = write_video
+        self._io = {"storage_options": storage_options, "retry": retry}
+        self._files = shard_files(shard_id)
+        self._videos: list[VideoRecord] = []
+        self._masklets: list[MaskletRecord] = []
+        self._keys: set[str] = set()
+        self._started_at = _now()
+        self._t0 = time.perf_counter()
+        self._tar_stage = StagedFile(self._uri("wds"), **self._io)
+        # open across add_video calls; closed by commit() or abort()
+        self._tar = tarfile.open(self._tar_stage.path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        self._open = True
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._open:
+            self.abort()
+
+    def add_video(
+        self,
+        video: VideoRecord,
+        masklets: Sequence[MaskletRecord] = (),
+        *,
+        video_bytes: bytes | None = None,
+        video_ext: str = "mp4",
+    ) -> None:
+        """Record one video (ok or failed) with all its masklets, kept or not.
+
+        An ok video's SA-V JSON (kept masklets only) and, with `write_video`, its bytes go into
+        the tar now; a failed video is a row in videos/ only and carries no masklets.
+        """
+        self._check_open()
+        self._check_video(video, masklets, video_bytes, video_ext)
+        if video.status == "ok":
+            doc = sav_annotation(video, masklets)
+            self._add_member(f"{video.video_key}.json", json.dumps(doc, separators=(",", ":")).encode())
+            if self.write_video:
+                self._add_member(f"{video.video_key}.{video_ext}", video_bytes)
+        self._keys.add(video.video_key)
+        self._videos.append(video)
+        self._masklets.extend(masklets)
+
+    def commit(self, extra: Mapping[str, Any] | None = None) -> dict:
+        """Publish the shard's files, then its marker; return the marker (with `extra` under "extra")."""
+        self._check_open()
+        t0 = time.perf_counter()
+        try:
+            self._tar.close()
+            self._remove_marker()
+            masklets = masklets_table(self._masklets, model=self.model, config_hash=self.config_hash)
+            videos = videos_table(
+                self._videos, self._masklets, shard_id=self.shard_id, model=self.model, config_hash=self.config_hash
+            )
+            sizes = {
+                "masklets": self._write_parquet("masklets", masklets),
+                "videos": self._write_parquet("videos", videos),
+                "wds": os.path.getsize(self._tar_stage.path),
+            }
+            self._tar_stage.publish()
+            marker = self._marker(sizes, write_seconds=time.perf_counter() - t0, extra=extra)
+            storage.write_bytes(self._uri("done"), json.dumps(marker, indent=1).encode(), **self._io)
+        except BaseException:
+            self.abort()
+            raise
+        self._open = False
+        return marker
+
+    def abort(self) -> None:
+        """Drop everything staged; nothing of this attempt becomes visible."""
+        self._open = False
+        try:
+            self._tar.close()
+        finally:
+            self._tar_stage.discard()
+
+    def _uri(self, name: str) -> str:
+        return storage.join(self.output_uri, self._files[name])
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeError(f"shard {self.shard_id} writer is closed (committed or aborted)")
+
+    def _check_video(
+        self, video: VideoRecord, masklets: Sequence[MaskletRecord], video_bytes: bytes | None, video_ext: str
+    ) -> None:
+        """Refuse a video before any of it reaches the tar, so a refusal leaves the shard consistent."""
+        key = video.video_key
+        if key in self._keys:
+            raise ValueError(f"video key {key!r} (from {video.original_key!r}) appears twice in shard {self.shard_id}")
+        if not _VIDEO_EXT.fullmatch(video_ext):
+            raise ValueError(f"video extension {video_ext!r} must match {_VIDEO_EXT.pattern}")
+        if self.write_video and video.status == "ok" and video_bytes is None:
+            raise ValueError(f"write_video is set but no bytes were given for {video.original_key!r}")
+        if video.status == "error" and masklets:
+            raise ValueError(f"failed video {video.original_key!r} cannot carry masklets")
+        ids = [m.masklet_id for m in masklets]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"video {video.original_key!r} has repeated masklet ids {sorted(ids)}")
+        for m in masklets:
+            if m.video_key != key or (m.height, m.width) != (video.height, video.width):
+                raise ValueError(
+                    f"masklet {m.masklet_id} ({m.video_key!r}, {m.height}x{m.width}) does not belong to video "
+                    f"{key!r} ({video.height}x{video.width})"
+                )
+
+    def _add_member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def _write_parquet(self, name: str, table: pa.Table) -> int:
+        with storage.staged_file(self._uri(name), **self._io) as stage:
+            pq.write_table(table, stage, compression="zstd")
+            return os.path.getsize(stage)
+
+    def _remove_marker(self) -> None:
+        """A rerun's first step: until the new marker lands, the shard reads as not done."""
+        uri = self._uri("done")
+        fs, path = storage.url_to_fs(uri, self._io["storage_options"])
+        retry = self._io["retry"]
+        fs.invalidate_cache(posixpath.dirname(path))
+        if storage.call("check", uri, fs.exists, path, retry=retry):
+            storage.call("delete", uri, fs.rm_file, path, retry=retry)
+
+    def _marker(self, sizes: Mapping[str, int], *, write_seconds: float, extra: Mapping[str, Any] | None) -> dict:
+        ok = [v for v in self._videos if v.status == "ok"]
+        return {
+            "shard_id": self.shard_id,
+            "schema_version": SCHEMA_VERSION,
+            "masklet_version": __version__,
+            "model": self.model,
+            "config_hash": self.config_hash,
+            "write_video": self.write_video,
+            "counts": {
+                "videos": len(self._videos),
+                "videos_ok": len(ok),
+                "videos_error": len(self._videos) - len(ok),
+                "masklets": len(self._masklets),
+                "masklets_kept": sum(m.kept for m in self._masklets),
+                "frames_processed": sum(len(v.frame_indices) for v in self._videos),
+            },
+            "seconds": {
+                "decode": sum(v.decode_seconds for v in self._videos),
+                "model": sum(v.model_seconds for v in self._videos),
+                "videos": sum(v.total_seconds for v in self._videos),
+                "write": write_seconds,
+                "wall": time.perf_counter() - self._t0,
+            },
+            "started_at": self._started_at,
+            "committed_at": _now(),
+            "files": [{"path": self._files[name], "bytes": size} for name, size in sizes.items()],
+            "extra": dict(extra or {}),
+        }
+
+
+def is_done(
+    output_uri: str, shard_id: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None
+) -> bool:
+    """Whether the shard's commit marker exists (fresh from the store, not from a listing cache)."""
+    uri = storage.join(output_uri, shard_files(shard_id)["done"])
+    fs, path = storage.url_to_fs(uri, storage_options)
+    fs.invalidate_cache(posixpath.dirname(path))
+    return storage.call("check", uri, fs.exists, path, retry=retry)
+
+
+def list_done(output_uri: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None) -> set[str]:
+    """The ids of every committed shard, from one listing of `_done/` (paginated by the store)."""
+    uri = storage.join(output_uri, DONE_DIR)
+    fs, path = storage.url_to_fs(uri, storage_options)
+    fs.invalidate_cache(path)
+    try:
+        names = storage.call("list", uri, fs.ls, path, detail=False, retry=retry)
+    except StorageError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError) and not _missing_bucket(exc.__cause__):
+            return set()  # nothing committed yet
+        raise
+    bases = (posixpath.basename(str(n).rstrip("/")) for n in names)
+    return {b[: -len(".json")] for b in bases if b.endswith(".json") and _SHARD_ID.fullmatch(b[: -len(".json")])}
+
+
+def _missing_bucket(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    response = getattr(cause, "response", None) or {}
+    return response.get("Error", {}).get("Code") == "NoSuchBucket"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")

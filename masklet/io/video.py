@@ -1,0 +1,352 @@
+"""Streaming video decode at the annotation fps, and frames prepared as the SAM 2 predictor does.
+
+Inputs: container bytes (a tar member; never extracted to disk), a binary file object (read whole:
+decord needs the container in memory, so memory holds the compressed video but never all of its
+frames), or the JPEG files of a frame folder (SA-V / DAVIS layout).
+
+Backends: decord first (what the official predictor uses for video files); PyAV when decord cannot
+open the bytes (its bundled FFmpeg 4 lacks e.g. AV1). JPEG frames are decoded by PyAV's mjpeg
+decoder, so Pillow is not needed.
+
+Frame selection: stride = max(1, round-half-up(source_fps / fps)); frames 0, stride, 2*stride, ...
+are yielded with their original index (SA-V: 24 fps annotated at 6 fps -> every 4th frame; 30 fps
+at 6 fps -> every 5th, i.e. 6.0 fps; 25 fps -> every 4th, i.e. 6.25 fps). `fps=None`, or a video
+whose fps is unknown, keeps every frame. `max_frames` caps the number of frames yielded.
+
+Where problems show (all as VideoDecodeError, a ValueError naming the key):
+- open_video: empty input; bytes neither backend can open (truncated, corrupt, not a video,
+  unsupported codec, no video stream); a first frame that does not decode; fewer than
+  `min_frames` frames (default 2: a masklet follows an object across frames, so a still image
+  is not a video to track).
+- iteration, in the decoder thread, re-raised in the consumer: decode errors after the first
+  frame; a video that ends more than TRUNCATION_TOLERANCE frames before the count in its header
+  (an MP4 cut after its index, which FFmpeg reads to the cut silently); a missing, truncated or
+  corrupt JPEG; a JPEG whose size differs from the first frame's.
+A truncated Matroska/WebM file, which has no frame count up front, ends early without an error.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import av
+import decord
+import fsspec
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from masklet.io.prefetch import Prefetcher
+
+log = logging.getLogger(__name__)
+
+FRAME_FOLDER_FPS = 24.0  # SA-V's JPEGImages_24fps and DAVIS are 24 fps; the files do not say so
+TRUNCATION_TOLERANCE = 2  # frames a decoder may drop without a truncated file (MP4 edit lists)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VideoDecodeError(ValueError):
+    """A video that cannot be decoded; `reason` says what is wrong in words a person can act on."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"video {key!r}: {reason}" if key else reason)
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: its index in the original video and its pixels, uint8 [H, W, 3]."""
+
+    index: int
+    rgb: np.ndarray
+
+
+@dataclass(frozen=True)
+class FrameFiles:
+    """The JPEG files of one video, in order, with each file's original frame index."""
+
+    indices: tuple[int, ...]
+    uris: tuple[str, ...]
+    fps: float = FRAME_FOLDER_FPS
+
+    def __post_init__(self) -> None:
+        if len(self.indices) != len(self.uris):
+            raise ValueError(f"{len(self.indices)} frame indices for {len(self.uris)} frame files")
+
+
+def frame_stride(source_fps: float | None, fps: float | None) -> int:
+    """Source frames per annotated frame: source_fps / fps rounded half up, at least 1."""
+    if fps is None or not source_fps or not math.isfinite(source_fps):
+        return 1
+    return max(1, math.floor(source_fps / fps + 0.5))
+
+
+class _Decoder:
+    """What every backend reports on open, and a frame iterator run in the decoder thread."""
+
+    backend: str
+    fps: float | None
+    frame_count: int
+    height: int
+    width: int
+
+    def frames(self, stride: int) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the backend's resources; nothing by default."""
+
+
+class _Decord(_Decoder):
+    backend = "decord"
+
+    def __init__(self, data: bytes) -> None:
+        self._reader = decord.VideoReader(io.BytesIO(data))
+        self._first: np.ndarray | None = self._reader.next().asnumpy()
+        self.frame_count = len(self._reader)
+        self.fps = float(self._reader.get_avg_fps()) or None
+        self.height, self.width = self._first.shape[:2]
+
+    def frames(self, stride: int) -> Iterator[Frame]:
+        first, self._first = self._first, None
+        yield Frame(0, first)
+        index = 0
+        while True:
+            if stride > 1:
+                self._reader.skip_frames(stride - 1)
+            index += stride
+            try:
+                rgb = self._reader.next().asnumpy()
+            except StopIteration:
+                return
+            yield Frame(index, rgb)
+
+    def close(self) -> None:
+        self._reader = None  # frees the decoder and its copy of the container now, not at garbage collection
+
+
+class _PyAV(_Decoder):
+    backend = "pyav"
+
+    def __init__(self, data: bytes, key: str) -> None:
+        self._container = av.open(io.BytesIO(data))
+        try:
+            if not self._container.streams.video:
+                raise VideoDecodeError(key, "the file has no video stream")
+            stream = self._container.streams.video[0]
+            if stream.codec_context is None:
+                raise VideoDecodeError(key, "unsupported codec: FFmpeg has no decoder for its video stream")
+            stream.thread_type = "AUTO"
+            self._decoded = self._container.decode(stream)
+            first = next(self._decoded, None)
+            if first is None:
+                raise VideoDecodeError(key, "the video stream holds no frame")
+            self._first: np.ndarray | None = first.to_ndarray(format="rgb24")
+            rate = stream.average_rate or stream.guessed_rate
+            self.fps = float(rate) if rate else None
+            self.frame_count = stream.frames or _count_packets(data)
+            self.height, self.width = first.height, first.width
+        except BaseException:
+            self._container.close()
+            raise
+
+    def frames(self, stride: int) -> Iterator[Frame]:
+        first, self._first = self._first, None
+        yield Frame(0, first)
+        for index, frame in enumerate(self._decoded, start=1):
+            if index % stride == 0:
+                yield Frame(index, frame.to_ndarray(format="rgb24"))
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def _count_packets(data: bytes) -> int:
+    """Frames of a container that does not store the count (Matroska, WebM): demux, don't decode."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+class _Jpegs(_Decoder):
+    backend = "jpeg"
+
+    def __init__(self, files: FrameFiles, key: str) -> None:
+        if not files.uris:
+            raise VideoDecodeError(key, "the frame folder holds no JPEG frames")
+        self._files, self._key = files, key
+        self._codec = av.CodecContext.create("mjpeg", "r")
+        self._first: np.ndarray | None = self._decode(0, first=True)
+        self.height, self.width = self._first.shape[:2]
+        self.frame_count, self.fps = len(files.uris), files.fps
+
+    def frames(self, stride: int) -> Iterator[Frame]:
+        first, self._first = self._first, None
+        yield Frame(self._files.indices[0], first)
+        for position in range(stride, len(self._files.uris), stride):
+            yield Frame(self._files.indices[position], self._decode(position))
+
+    def _decode(self, position: int, first: bool = False) -> np.ndarray:
+        uri = self._files.uris[position]
+        try:
+            with fsspec.open(uri, "rb") as f:
+                data = f.read()
+        except FileNotFoundError as exc:
+            raise VideoDecodeError(self._key, f"frame file {uri} is missing") from exc
+        except OSError as exc:
+            raise VideoDecodeError(self._key, f"frame file {uri} cannot be read: {exc}") from exc
+        if not _is_complete_jpeg(data):
+            raise VideoDecodeError(self._key, f"frame file {uri} is not a complete JPEG (truncated or corrupt)")
+        try:
+            decoded = self._codec.decode(av.Packet(data))
+        except av.FFmpegError as exc:
+            raise VideoDecodeError(self._key, f"frame file {uri} is a corrupt JPEG: {exc}") from exc
+        if not decoded:
+            raise VideoDecodeError(self._key, f"frame file {uri} decoded to no image")
+        rgb = decoded[0].to_ndarray(format="rgb24")
+        if not first and rgb.shape[:2] != (self.height, self.width):
+            raise VideoDecodeError(
+                self._key,
+                f"frame file {uri} is {rgb.shape[1]}x{rgb.shape[0]}, the first frame {self.width}x{self.height}",
+            )
+        return rgb
+
+
+def _is_complete_jpeg(data: bytes) -> bool:
+    """Starts with SOI and has an EOI after its last SOS: FFmpeg decodes a truncated JPEG silently.
+
+    Markers cannot occur inside entropy-coded data (0xFF is byte-stuffed), and an embedded EXIF
+    thumbnail ends before the main image's scan starts, so its EOI does not count.
+    """
+    return data.startswith(b"\xff\xd8") and data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0
+
+
+def _open_decoder(source: bytes | BinaryIO | FrameFiles, key: str) -> _Decoder:
+    if isinstance(source, FrameFiles):
+        return _Jpegs(source, key)
+    data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else source.read()
+    if not data:
+        raise VideoDecodeError(key, "the video file is empty (0 bytes)")
+    try:
+        return _Decord(data)
+    except Exception as exc:  # decord raises RuntimeError, DECORDError, AssertionError, ...
+        log.debug("decord cannot open video %r (%s); trying PyAV", key, exc)
+    try:
+        return _PyAV(data, key)
+    except VideoDecodeError:
+        raise
+    except av.DecoderNotFoundError as exc:
+        raise VideoDecodeError(key, f"unsupported codec: FFmpeg has no decoder for it ({exc})") from exc
+    except av.InvalidDataError as exc:
+        reason = "not a video FFmpeg can read: the file is truncated, corrupt or not a video"
+        raise VideoDecodeError(key, f"{reason} ({exc})") from exc
+    except Exception as exc:
+        raise VideoDecodeError(key, f"cannot decode the first frame: {exc}") from exc
+
+
+class VideoStream:
+    """An opened video: its properties are known before iterating; frames are decoded ahead.
+
+    Iterate once (or use as a context manager); leaving the loop early stops the decoder thread.
+    """
+
+    def __init__(self, decoder: _Decoder, *, key: str, fps: float | None, max_frames: int | None, prefetch: int):
+        self.key = key
+        self.backend = decoder.backend
+        self.source_fps = decoder.fps
+        self.frame_count = decoder.frame_count
+        self.height, self.width = decoder.height, decoder.width
+        self.stride = frame_stride(decoder.fps, fps)
+        self.max_frames = max_frames
+        self._decoder = decoder
+        self._prefetch = Prefetcher(self._decode, prefetch, name=f"masklet-decode:{key}")
+
+    def __iter__(self) -> Iterator[Frame]:
+        try:
+            yield from self._prefetch
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._prefetch.close()
+        self._decoder.close()
+
+    def __enter__(self) -> VideoStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _decode(self) -> Iterator[Frame]:
+        """Runs in the decoder thread: anything that goes wrong becomes a VideoDecodeError."""
+        frames = itertools.islice(self._decoder.frames(self.stride), self.max_frames)
+        count, last = 0, 0
+        try:
+            for frame in frames:
+                count, last = count + 1, frame.index
+                yield frame
+        except VideoDecodeError:
+            raise
+        except Exception as exc:
+            raise VideoDecodeError(
+                self.key, f"decoding failed after frame {last}, the file is probably truncated or corrupt: {exc}"
+            ) from exc
+        ran_to_end = self.max_frames is None or count < self.max_frames
+        # Frame folders number their frames by file name and raise on any bad file instead.
+        if ran_to_end and self.backend != "jpeg" and last + self.stride < self.frame_count - TRUNCATION_TOLERANCE:
+            raise VideoDecodeError(
+                self.key,
+                f"the video ends at frame {last} but its header says {self.frame_count} frames: the file is truncated",
+            )
+
+
+def open_video(
+    source: bytes | BinaryIO | FrameFiles,
+    *,
+    key: str = "",
+    fps: float | None = None,
+    max_frames: int | None = None,
+    prefetch_frames: int = 16,
+    min_frames: int = 2,
+) -> VideoStream:
+    """Open a video and decode its first frame; raise VideoDecodeError if it is not a usable video."""
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+    decoder = _open_decoder(source, key)
+    if decoder.frame_count < min_frames:
+        decoder.close()
+        raise VideoDecodeError(
+            key, f"the video has {decoder.frame_count} frame(s); at least {min_frames} are needed to track masklets"
+        )
+    return VideoStream(decoder, key=key, fps=fps, max_frames=max_frames, prefetch=prefetch_frames)
+
+
+def prepare_frame(
+    rgb: np.ndarray, image_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The model input [3, S, S] for a uint8 [H, W, 3] frame, as the official SAM 2 video predictor makes it.
+
+    The official predictor (sam2/utils/misc.py, JPEG folders) resizes with Pillow's default filter,
+    antialiased bicubic, to S x S ignoring the aspect ratio, horizontally then vertically, rounding
+    and clipping to uint8 after each pass; then /255 and ImageNet mean/std. The same two passes in
+    float torch match Pillow to within 1 grey level on ~0.005% of pixels. The uint8 frame is moved
+    to `device` first, so the copy is 4x smaller and the resize runs on the GPU when there is one.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 [H, W, 3] frame, got {rgb.dtype} {rgb.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1)[None].float()
+    for size in ((x.shape[2], image_size), (image_size, image_size)):
+        if tuple(x.shape[2:]) != size:
+            x = F.interpolate(x, size=size, mode="bicubic", antialias=True).round_().clamp_(0, 255)
+    x = x[0] / 255
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=x.device)[:, None, None]
+    return ((x - mean) / std).to(dtype)

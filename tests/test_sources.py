@@ -1,0 +1,367 @@
+"""masklet.io.sources: listing shards without reading them, streaming their videos, bad input as errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+from fsspec.implementations.local import LocalFileSystem
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.s3.models import s3_backends
+from videos import encode, index_frame, jpeg, read_index, tar_bytes
+
+from masklet.config import SourceConfig
+from masklet.io import sources
+from masklet.io.sources import MAX_KEY_LENGTH, VideoError, VideoInput, iter_videos, list_shards, sanitize_key
+from masklet.io.video import VideoDecodeError
+from masklet.synth.corpus import write_corpus
+
+
+def config(uri: str, format: str = "wds", **kwargs) -> SourceConfig:
+    return SourceConfig(uri=uri, format=format, **kwargs)
+
+
+def process(shard: sources.Shard) -> list[tuple[str, str]]:
+    """What a worker does with a shard: decode each video or report it; (original key, 'ok' or reason)."""
+    results = []
+    for item in iter_videos(shard):
+        assert re.fullmatch(rf"[A-Za-z0-9_-]{{1,{MAX_KEY_LENGTH}}}", item.key), item.key  # tar-safe, errors too
+        if isinstance(item, VideoInput):
+            try:
+                with item.open(fps=None) as stream:
+                    frames = list(stream)
+                assert len(frames) == stream.frame_count, item.key
+                assert stream.width < 60 or all(read_index(f.rgb) == f.index for f in frames), item.key
+                results.append((item.original_key, "ok"))
+                continue
+            except VideoDecodeError as exc:
+                item = item.error(exc.reason)
+        results.append((item.original_key, item.reason))
+    return results
+
+
+def forbid_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open or fetch a file fails the test."""
+
+    def refuse(self, path, *args, **kwargs):
+        raise AssertionError(f"listing read {path}")
+
+    monkeypatch.setattr(LocalFileSystem, "_open", refuse)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_open", refuse)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cat_file", refuse)
+
+
+# ---- WebDataset shards ----
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(str(root), videos=3, per_shard=2, seed=0, width=64, height=48, frames=6, fps=24)
+    return root
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["{root}", "{root}/", "{root}/shard-*.tar", "{root}/shard-{{000000..000001}}.tar", "file://{root}/shard-*.tar"],
+)
+def test_wds_shards_from_a_directory_glob_or_brace_pattern(corpus: Path, pattern: str) -> None:
+    shards = list_shards(config(pattern.format(root=corpus)))
+    assert [s.id for s in shards] == ["shard-000000", "shard-000001"]
+    assert [s.uri.rsplit("/", 1)[-1] for s in shards] == ["shard-000000.tar", "shard-000001.tar"]
+
+
+def test_wds_samples_stream_with_metadata(corpus: Path) -> None:
+    first, second = list_shards(config(str(corpus)))
+    videos = list(iter_videos(first)) + list(iter_videos(second))
+    assert [v.key for v in videos] == ["synth-000000", "synth-000001", "synth-000002"]
+    video = videos[0]
+    assert isinstance(video, VideoInput) and video.original_key == video.key and video.ext == "mp4"
+    assert video.metadata["key"] == "synth-000000" and video.prompts is None  # .gt.json is not metadata
+    assert video.source_uri.endswith("shard-000000.tar#synth-000000.mp4")
+    with video.open(fps=6, max_frames=1) as stream:
+        assert (stream.frame_count, stream.height, stream.width) == (6, 48, 64)
+        assert [f.index for f in stream] == [0]
+
+
+def test_wds_shards_on_s3(s3_bucket: str) -> None:
+    write_corpus(f"s3://{s3_bucket}/videos", videos=2, per_shard=1, seed=0, width=64, height=48, frames=4, fps=24)
+    for pattern in ("videos/shard-{000000..000001}.tar", "videos/*.tar", "videos"):
+        shards = list_shards(config(f"s3://{s3_bucket}/{pattern}"))
+        assert [s.id for s in shards] == ["shard-000000", "shard-000001"]
+        assert shards[1].uri == f"s3://{s3_bucket}/videos/shard-000001.tar"
+    (video,) = iter_videos(shards[1])
+    with video.open(fps=None) as stream:
+        assert len(list(stream)) == 4
+
+
+def test_listing_thousands_of_local_shards_reads_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(2000):
+        (tmp_path / f"shard-{i:06d}.tar").touch()
+    forbid_reads(monkeypatch)
+    start = time.perf_counter()
+    shards = list_shards(config(f"{tmp_path}/shard-*.tar"))
+    assert time.perf_counter() - start < 2
+    assert len(shards) == 2000 and shards[1234].id == "shard-001234"
+
+
+def test_listing_thousands_of_s3_shards_reads_none(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # straight into moto's store, which serves the endpoint: 2000 PUTs over HTTP would take ~20 s
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    for i in range(2000):
+        backend.put_object(s3_bucket, f"many/shard-{i:06d}.tar", b"")
+    forbid_reads(monkeypatch)
+    start = time.perf_counter()
+    shards = list_shards(config(f"s3://{s3_bucket}/many/shard-*.tar"))
+    assert time.perf_counter() - start < 5
+    assert len(shards) == 2000 and shards[-1].uri == f"s3://{s3_bucket}/many/shard-001999.tar"
+
+
+def test_brace_patterns_list_without_any_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "url_to_fs", lambda uri: pytest.fail(f"looked up {uri}"))
+    shards = list_shards(config("s3://b/videos/shard-{000000..000999}.tar"))
+    assert len(shards) == 1000 and shards[7].id == "shard-000007"
+    assert shards[7].uri == "s3://b/videos/shard-000007.tar"
+
+
+def test_listing_refuses_ambiguous_or_empty_sources(tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "shard-000000.tar").touch()
+    with pytest.raises(ValueError, match="both give shard id 'shard-000000'"):
+        list_shards(config(f"{tmp_path}/*/shard-*.tar"))
+    with pytest.raises(ValueError, match="no .tar files match"):
+        list_shards(config(f"{tmp_path}/nothing-*.tar"))
+
+
+def test_a_missing_shard_fails_naming_it(tmp_path: Path, s3_bucket: str) -> None:
+    for root in (str(tmp_path), f"s3://{s3_bucket}", "s3://no-such-bucket-masklet"):
+        (shard,) = list_shards(config(f"{root}/shard-{{000000..000000}}.tar"))
+        with pytest.raises(FileNotFoundError, match=f"shard {re.escape(root)}/shard-000000.tar does not exist"):
+            list(iter_videos(shard))
+
+
+def test_bad_members_become_errors_and_later_videos_still_come(tmp_path: Path) -> None:
+    good = encode(4)
+    long_key = "v" * 300
+    members = [
+        ("first.mp4", good),
+        ("first.json", b'{"source": "youtube"}'),
+        ("first.prompts.json", b'{"frames": {}}'),
+        ("../escape.mp4", good),
+        ("/etc/absolute.mp4", good),
+        ("link.mp4", None),
+        ("empty.mp4", b""),
+        ("notes.json", b"{}"),  # no video with this key
+        ("clip.v2.final.json", b'{"dots": true}'),  # metadata before its video, key with dots
+        ("clip.v2.final.mp4", good),
+        (f"{long_key}.webm", encode(3, codec="libvpx-vp9", container="webm")),
+        ("dir/nested.mkv", encode(3, container="matroska")),
+        ("badmeta.mp4", good),
+        ("badmeta.json", b"{not json"),
+        ("html.mp4", b"<html>403 Forbidden</html>"),
+        ("cut.mp4", good[: len(good) // 2]),
+        ("still.mp4", encode(1)),
+        ("odd.mkv", encode(3, width=17, height=33, codec="ffv1", container="matroska")),
+        ("gray.mp4", encode(3, pix_fmt="gray")),
+        ("av1.mp4", encode(3, codec="libsvtav1")),
+        ("first.avi", encode(3, codec="mpeg4", container="avi")),  # same key as the first video
+        ("last.mp4", good),
+    ]
+    (tmp_path / "shard-000000.tar").write_bytes(tar_bytes(members))
+    (shard,) = list_shards(config(str(tmp_path)))
+    expected = [
+        ("first", "ok"),
+        ("../escape.mp4", "absolute paths and '..' are not allowed"),
+        ("/etc/absolute.mp4", "absolute paths and '..' are not allowed"),
+        ("link.mp4", "link or special file"),
+        ("empty", "is empty (0 bytes)"),
+        ("notes.json", "belongs to no video"),
+        ("clip.v2.final", "ok"),
+        (long_key, "ok"),
+        ("dir/nested", "ok"),
+        ("badmeta", "badmeta.json is not valid JSON"),
+        ("html", "not a video FFmpeg can read"),
+        ("cut", "truncated, corrupt or not a video"),
+        ("still", "1 frame(s); at least 2"),
+        ("odd", "ok"),
+        ("gray", "ok"),
+        ("av1", "ok"),
+        ("first", "duplicate key"),
+        ("last", "ok"),
+    ]
+    results = process(shard)
+    assert [key for key, _ in results] == [key for key, _ in expected]
+    for (key, got), (_, want) in zip(results, expected, strict=True):
+        assert want in got, key
+
+
+def test_keys_are_sanitised_for_tar_members_with_the_original_kept(tmp_path: Path) -> None:
+    long_key = "v" * 300
+    members = [(f"{long_key}.mp4", b"x"), ("clip.v2.final.mp4", b"x"), ("clip.v2.final.json", b'{"a": 1}')]
+    (tmp_path / "s.tar").write_bytes(tar_bytes(members))
+    (shard,) = list_shards(config(str(tmp_path / "s.tar")))
+    long, dotted = iter_videos(shard)
+    assert long.original_key == long_key and len(long.key) == MAX_KEY_LENGTH and long.key.startswith("vvvv")
+    assert dotted.original_key == "clip.v2.final" and dotted.key.startswith("clip_v2_final-")
+    assert "." not in dotted.key and dotted.metadata == {"a": 1}
+
+
+def test_sanitize_key() -> None:
+    assert sanitize_key("video_0001-a") == "video_0001-a"
+    assert sanitize_key("a.b") != sanitize_key("a_b") == "a_b"
+    assert sanitize_key("a/b") != sanitize_key("a.b")  # the hash keeps different originals apart
+    assert len(sanitize_key("x" * 1000)) == MAX_KEY_LENGTH
+    assert sanitize_key("x" * 1000) != sanitize_key("x" * 999)
+    assert sanitize_key("") and sanitize_key("vidéo").startswith("vid_o-")
+
+
+def test_a_truncated_tar_keeps_what_was_read(tmp_path: Path) -> None:
+    b = encode(40)
+    data = tar_bytes([("a.mp4", encode(3)), ("b.mp4", b), ("c.mp4", encode(3))])
+    (tmp_path / "shard-000007.tar").write_bytes(data[: data.index(b) + len(b) // 2])  # cut inside b
+    (shard,) = list_shards(config(str(tmp_path)))
+    items = list(iter_videos(shard))
+    assert [type(i).__name__ for i in items] == ["VideoInput", "VideoError"]
+    assert items[0].key == "a"
+    assert items[1].key == "shard-000007" and "truncated or corrupt" in items[1].reason
+
+
+# ---- manifests ----
+
+
+@pytest.fixture
+def video_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        (folder / f"{name}.mp4").write_bytes(encode(3))
+    return folder
+
+
+def write_manifest(path: Path, rows: list[dict]) -> None:
+    if path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif path.suffix == ".csv":
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=sorted({k for row in rows for k in row}))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+@pytest.mark.parametrize("ext", ["parquet", "csv", "jsonl"])
+def test_manifest_rows_become_shards_and_bad_rows_errors(tmp_path: Path, video_dir: Path, ext: str) -> None:
+    rows = [
+        {"uri": "videos/a.mp4", "key": "", "prompts": None, "lang": "en"},  # relative to the manifest
+        {"uri": str(video_dir / "b.mp4"), "key": "clip.b", "prompts": '{"points": [[1, 2]]}', "lang": "fr"},
+        {"uri": "", "key": "no-uri", "prompts": None, "lang": ""},
+        {"uri": str(video_dir / "gone.mp4"), "key": "", "prompts": None, "lang": ""},
+        {"uri": f"file://{video_dir}/c.mp4", "key": "", "prompts": None, "lang": "de"},
+    ]
+    write_manifest(tmp_path / f"list.{ext}", rows)
+    shards = list_shards(config(str(tmp_path / f"list.{ext}"), "manifest", videos_per_shard=2))
+    assert [s.id for s in shards] == ["list-000000", "list-000001", "list-000002"]
+    items = [item for shard in shards for item in iter_videos(shard)]
+    assert [i.original_key for i in items] == ["a", "clip.b", "no-uri", "gone", "c"]
+    assert items[1].prompts == '{"points": [[1, 2]]}' and items[1].metadata == {"lang": "fr"}
+    assert isinstance(items[2], VideoError) and "has no uri" in items[2].reason
+    results = {k: v for shard in shards for k, v in process(shard)}
+    assert results["a"] == results["clip.b"] == results["c"] == "ok"
+    assert "gone.mp4 does not exist" in results["gone"]
+
+
+def test_jsonl_lines_that_do_not_parse_are_errors(tmp_path: Path, video_dir: Path) -> None:
+    (tmp_path / "m.jsonl").write_text(f'{{"uri": "{video_dir}/a.mp4"}}\n{{oops\n\n[1, 2]\n')
+    (shard,) = list_shards(config(str(tmp_path / "m.jsonl"), "manifest"))
+    items = list(iter_videos(shard))
+    assert isinstance(items[0], VideoInput)
+    assert "line 2 is not valid JSON" in items[1].reason and "line 4 is not a JSON object" in items[2].reason
+
+
+def test_a_manifest_without_a_uri_column_is_refused_at_listing(tmp_path: Path) -> None:
+    write_manifest(tmp_path / "m.csv", [{"path": "a.mp4"}])
+    with pytest.raises(ValueError, match="has no 'uri' column"):
+        list_shards(config(str(tmp_path / "m.csv"), "manifest"))
+
+
+def test_manifests_on_s3(s3_bucket: str) -> None:
+    s3 = fsspec.filesystem("s3")
+    s3.pipe(f"{s3_bucket}/videos/a.mp4", encode(3))
+    buffer = io.BytesIO()
+    rows = [
+        {"uri": "../videos/a.mp4"},
+        {"uri": f"s3://{s3_bucket}/videos/missing.mp4"},
+        {"uri": "s3://no-such-bucket-masklet/x.mp4"},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    s3.pipe({f"{s3_bucket}/lists/part-0.parquet": buffer.getvalue(), f"{s3_bucket}/lists/part-1.parquet": b""})
+    shards = list_shards(config(f"s3://{s3_bucket}/lists/part-{{0..0}}.parquet", "manifest"))
+    assert [s.id for s in shards] == ["part-0-000000"]
+    results = dict(process(shards[0]))
+    assert results["a"] == "ok"
+    assert f"s3://{s3_bucket}/videos/missing.mp4 does not exist" in results["missing"]
+    assert "no-such-bucket-masklet/x.mp4" in results["x"]
+    with pytest.raises(ValueError, match="cannot read manifest s3://.*part-1.parquet"):
+        list_shards(config(f"s3://{s3_bucket}/lists/*.parquet", "manifest"))
+
+
+# ---- frame folders ----
+
+
+def make_frame_folders(root: Path) -> None:
+    def frames(name: str, numbers: range | list[int]) -> Path:
+        folder = root / name
+        folder.mkdir(parents=True)
+        for n in numbers:
+            (folder / f"{n:05d}.jpg").write_bytes(jpeg(index_frame(n)))
+        return folder
+
+    frames("v1", range(6))
+    frames("v2", [0, 1, 3, 4])  # 00002 missing
+    corrupt = frames("v3", range(6))
+    (corrupt / "00003.jpg").write_bytes((corrupt / "00003.jpg").read_bytes()[:200])
+    frames("v4", [0, 5, 10, 15])  # a constant step of 5 (YouTube-VOS style): not a gap
+    frames("v5", [0, 5, 10, 20])  # a gap in that step
+    (root / "v6").mkdir()
+    (root / "v6" / "notes.txt").write_text("no frames here")
+
+
+def test_frame_folders_local(tmp_path: Path) -> None:
+    root = tmp_path / "JPEGImages_24fps"
+    make_frame_folders(root)
+    shards = list_shards(config(str(root), "frames", videos_per_shard=4))
+    assert [s.id for s in shards] == ["JPEGImages_24fps-000000", "JPEGImages_24fps-000001"]
+    results = {k: v for shard in shards for k, v in process(shard)}
+    assert results.pop("v1") == results.pop("v4") == "ok"
+    assert "frames missing from the folder: 00002 (frames 00000..00004 in steps of 1)" in results.pop("v2")
+    assert "00003.jpg is not a complete JPEG" in results.pop("v3")
+    assert "frames missing from the folder: 00015" in results.pop("v5")
+    assert "holds no frames" in results.pop("v6")
+    (v4,) = [i for i in iter_videos(shards[0]) if i.key == "v4"]
+    with v4.open(fps=None) as stream:
+        assert [f.index for f in stream] == [0, 5, 10, 15]
+    assert results == {}
+
+
+def test_frame_folders_on_s3(s3_bucket: str) -> None:
+    s3 = fsspec.filesystem("s3")
+    s3.pipe({f"{s3_bucket}/sav/JPEGImages/sav_000001/{n:05d}.jpg": jpeg(index_frame(n)) for n in range(9)})
+    s3.pipe(f"{s3_bucket}/sav/JPEGImages/sav_000002/00000.jpg", jpeg(index_frame(0)))
+    (shard,) = list_shards(config(f"s3://{s3_bucket}/sav/JPEGImages", "frames"))
+    assert shard.id == "JPEGImages-000000"
+    first, second = iter_videos(shard)
+    with first.open(fps=6) as stream:
+        assert [(f.index, read_index(f.rgb)) for f in stream] == [(0, 0), (4, 4), (8, 8)]
+    with pytest.raises(VideoDecodeError, match="1 frame"):
+        second.open(fps=6)

@@ -1,0 +1,507 @@
+"""masklet.io.video: streaming decode at the annotation fps, backends, bad videos, prefetch, frame prep."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from videos import encode, index_frame, jpeg, read_index, unknown_codec
+
+from masklet.io.prefetch import Prefetcher
+from masklet.io.video import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FrameFiles,
+    VideoDecodeError,
+    frame_stride,
+    open_video,
+    prepare_frame,
+)
+from masklet.io.video_writer import encode_mp4
+
+
+def decode_all(source, **kwargs) -> tuple[list[int], object]:
+    with open_video(source, key="k", **kwargs) as stream:
+        indices = []
+        for frame in stream:
+            assert frame.rgb.dtype == np.uint8 and frame.rgb.shape == (stream.height, stream.width, 3)
+            if stream.width >= 60:
+                assert read_index(frame.rgb) == frame.index  # the frame really is that original frame
+            indices.append(frame.index)
+    return indices, stream
+
+
+def decoder_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("masklet-decode")]
+
+
+@pytest.mark.parametrize(
+    ("source_fps", "fps", "stride"),
+    [(24, 6, 4), (30, 6, 5), (25, 6, 4), (29.97, 6, 5), (60, 6, 10), (30, 12, 3), (5, 6, 1)]
+    + [(24, None, 1), (None, 6, 1)],
+)
+def test_stride_is_source_over_target_fps_rounded_half_up(source_fps, fps, stride) -> None:
+    assert frame_stride(source_fps, fps) == stride
+
+
+def test_sav_rate_every_4th_frame_with_original_indices() -> None:
+    stream = open_video(encode(30, fps=24), key="k", fps=6)
+    # known before iterating
+    assert (stream.source_fps, stream.frame_count, stream.height, stream.width) == (24.0, 30, 48, 64)
+    assert (stream.stride, stream.backend) == (4, "decord")
+    stream.close()
+    assert decode_all(encode(30, fps=24), fps=6)[0] == [0, 4, 8, 12, 16, 20, 24, 28]
+
+
+def test_max_frames_caps_the_frames_yielded_and_none_keeps_all() -> None:
+    data = encode(30, fps=30)
+    assert decode_all(data, fps=6, max_frames=3)[0] == [0, 5, 10]
+    assert decode_all(data, fps=None)[0] == list(range(30))
+
+
+@pytest.mark.parametrize("container", ["mp4", "matroska"])
+def test_pyav_reads_what_decord_cannot(container: str) -> None:
+    data = encode(10, codec="libsvtav1", container=container)  # decord's FFmpeg 4 has no AV1 decoder
+    indices, stream = decode_all(data, fps=12)
+    assert stream.backend == "pyav"
+    assert (stream.source_fps, stream.frame_count, stream.stride) == (24.0, 10, 2)  # mkv: count from packets
+    assert indices == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.parametrize(
+    ("codec", "container", "pix_fmt", "backend"),
+    [
+        ("ffv1", "matroska", "yuv420p", "decord"),
+        ("libx264", "matroska", "yuv444p", "decord"),
+        ("libsvtav1", "mp4", "yuv420p", "pyav"),
+    ],
+)
+def test_odd_dimensions_decode(codec: str, container: str, pix_fmt: str, backend: str) -> None:
+    data = encode(6, width=17, height=33, codec=codec, container=container, pix_fmt=pix_fmt)
+    indices, stream = decode_all(data)
+    assert (stream.height, stream.width, stream.backend) == (33, 17, backend)
+    assert indices == list(range(6))
+
+
+@pytest.mark.parametrize(("codec", "container"), [("libx264", "mp4"), ("ffv1", "matroska")])
+def test_grayscale_decodes_to_rgb(codec: str, container: str) -> None:
+    with open_video(encode(4, codec=codec, container=container, pix_fmt="gray"), key="k") as stream:
+        for frame in stream:
+            assert frame.rgb.shape == (48, 64, 3)
+            assert np.array_equal(frame.rgb[..., 0], frame.rgb[..., 2])
+            assert read_index(frame.rgb) == frame.index
+
+
+def faststart(mp4: bytes, tmp_path: Path) -> bytes:
+    """The same MP4 with its index first, as web videos are: cut short, it still opens."""
+    path = tmp_path / "faststart.mp4"
+    with av.open(io.BytesIO(mp4)) as src, av.open(str(path), "w", options={"movflags": "faststart"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return path.read_bytes()
+
+
+def test_bad_videos_raise_clear_errors(tmp_path: Path) -> None:
+    mp4 = encode(50)
+    cases = {
+        b"": "empty (0 bytes)",
+        mp4[: len(mp4) // 2]: "truncated, corrupt or not a video",  # index at the end, cut off
+        b"<html>not found</html>" * 10: "truncated, corrupt or not a video",
+        unknown_codec(mp4): "unsupported codec",
+        encode(1): "1 frame(s); at least 2",
+    }
+    for data, reason in cases.items():
+        with pytest.raises(VideoDecodeError, match=re.escape(reason)) as info:
+            decode_all(data)
+        assert isinstance(info.value, ValueError) and info.value.key == "k"
+    assert decode_all(encode(1), min_frames=1)[0] == [0]  # a still is fine where asked for
+
+
+def test_truncation_found_while_decoding_surfaces_in_the_consumer(tmp_path: Path) -> None:
+    data = faststart(encode(50), tmp_path)
+    assert decode_all(data)[0] == list(range(50))
+    cut = data[: int(len(data) * 0.9)]
+    seen = []
+    stream = open_video(cut, key="k")
+    with pytest.raises(VideoDecodeError, match="header says 50 frames: the file is truncated"), stream:
+        seen.extend(frame.index for frame in stream)
+    assert 0 < len(seen) < 50
+    assert decoder_threads() == []
+
+
+def write_frames(folder: Path, count: int, *, size=(48, 64)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:05d}.jpg"
+        path.write_bytes(jpeg(index_frame(i, size[1], size[0])))
+        paths.append(path)
+    return paths
+
+
+def frame_files(paths: list[Path]) -> FrameFiles:
+    return FrameFiles(tuple(int(p.stem) for p in paths), tuple(str(p) for p in paths))
+
+
+def test_frame_folder_decodes_at_the_annotation_fps(tmp_path: Path) -> None:
+    indices, stream = decode_all(frame_files(write_frames(tmp_path / "v", 10)), fps=6)
+    assert (stream.backend, stream.source_fps, stream.frame_count, stream.stride) == ("jpeg", 24.0, 10, 4)
+    assert indices == [0, 4, 8]
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: p.unlink(), "is missing"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-300]), "not a complete JPEG"),
+        (lambda p: p.write_bytes(b"garbage" * 50), "not a complete JPEG"),
+        (lambda p: p.write_bytes(jpeg(index_frame(4, 32, 24))), "is 32x24, the first frame 64x48"),
+    ],
+)
+def test_frame_folder_with_a_bad_frame(tmp_path: Path, damage, reason: str) -> None:
+    paths = write_frames(tmp_path / "v", 8)
+    damage(paths[4])
+    seen = []
+    stream = open_video(frame_files(paths), key="k", prefetch_frames=2)
+    with pytest.raises(VideoDecodeError, match=re.escape(reason)), stream:
+        seen.extend(frame.index for frame in stream)
+    assert seen == [0, 1, 2, 3]
+
+
+def test_prefetch_stays_within_its_depth_and_early_close_stops_the_thread() -> None:
+    made = []
+
+    def produce() -> Iterator[int]:
+        for i in range(1000):
+            made.append(i)
+            yield i
+
+    prefetch = Prefetcher(produce, depth=3)
+    items = iter(prefetch)
+    assert next(items) == 0
+    time.sleep(0.2)  # let the producer run ahead as far as it may
+    assert len(made) <= 1 + 3 + 1  # consumed + queued + the one waiting to be queued
+    items.close()  # leaving a loop early does this
+    assert not any(t.name == "masklet-prefetch" for t in threading.enumerate())
+    assert len(made) < 10
+
+
+def test_early_close_of_a_video_leaves_no_thread() -> None:
+    with open_video(encode(60), key="k", prefetch_frames=2) as stream:
+        for frame in stream:
+            if frame.index == 3:
+                break
+    assert decoder_threads() == []
+    stream = open_video(encode(60), key="k")
+    next(iter(stream))
+    stream.close()  # closed without finishing the loop
+    assert decoder_threads() == []
+
+
+def test_producer_errors_reach_the_consumer() -> None:
+    def produce() -> Iterator[int]:
+        yield 1
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        list(Prefetcher(produce, depth=2))
+
+
+@pytest.fixture(scope="module")
+def long_video() -> bytes:
+    return encode_mp4((index_frame(i, 320, 240) for i in range(640)), fps=24)
+
+
+def test_memory_is_bounded_by_the_prefetch_depth_not_the_video_length(long_video: bytes) -> None:
+    depth, frame_bytes = 4, 320 * 240 * 3
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        count = 0
+        with open_video(long_video, key="long", prefetch_frames=depth) as stream:
+            for frame in stream:
+                assert frame.index == count
+                time.sleep(0.0005)  # a slow consumer: the queue stays full
+                count += 1
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert count == 640
+    # holding every frame would take 640 frames (147 MB); the queue, the frame being decoded,
+    # the one the consumer holds and the compressed video stay under depth + 8 frames
+    assert peak < (depth + 8) * frame_bytes, f"peak {peak / 1e6:.1f} MB"
+
+
+# Pillow 13.0.0's `Image.fromarray(img).resize((S, S))` (what the official predictor runs), stored
+# so the test needs no Pillow: a 10x12 -> 5x5 downscale and a 4x5 -> 7x7 upscale of `pattern()`.
+PIL_DOWN_5 = [
+    36,
+    109,
+    182,
+    135,
+    191,
+    124,
+    135,
+    69,
+    110,
+    65,
+    137,
+    167,
+    156,
+    165,
+    63,
+    66,
+    144,
+    165,
+    168,
+    120,
+    70,
+    76,
+    114,
+    167,
+    161,
+    115,
+    101,
+    131,
+    98,
+    154,
+    104,
+    169,
+    129,
+    145,
+    108,
+    124,
+    119,
+    150,
+    134,
+    148,
+    94,
+    141,
+    136,
+    162,
+    143,
+    134,
+    149,
+    102,
+    109,
+    116,
+    151,
+    155,
+    144,
+    124,
+    116,
+    132,
+    130,
+    122,
+    116,
+    146,
+    133,
+    174,
+    143,
+    126,
+    145,
+    139,
+    154,
+    135,
+    123,
+    137,
+    112,
+    106,
+    128,
+    150,
+    137,
+]  # noqa: E501
+PIL_UP_7 = [
+    0,
+    68,
+    139,
+    17,
+    88,
+    159,
+    47,
+    118,
+    188,
+    72,
+    143,
+    214,
+    98,
+    169,
+    255,
+    128,
+    199,
+    169,
+    148,
+    219,
+    17,
+    2,
+    72,
+    143,
+    22,
+    93,
+    163,
+    52,
+    123,
+    199,
+    80,
+    151,
+    231,
+    107,
+    177,
+    202,
+    137,
+    213,
+    117,
+    158,
+    239,
+    34,
+    8,
+    79,
+    150,
+    31,
+    102,
+    172,
+    64,
+    135,
+    215,
+    93,
+    164,
+    243,
+    123,
+    194,
+    83,
+    156,
+    230,
+    32,
+    179,
+    255,
+    64,
+    14,
+    85,
+    156,
+    39,
+    110,
+    189,
+    73,
+    144,
+    188,
+    106,
+    177,
+    120,
+    138,
+    231,
+    38,
+    173,
+    197,
+    40,
+    197,
+    132,
+    84,
+    20,
+    91,
+    162,
+    46,
+    117,
+    206,
+    83,
+    155,
+    161,
+    118,
+    189,
+    0,
+    152,
+    232,
+    28,
+    189,
+    136,
+    76,
+    215,
+    8,
+    101,
+    27,
+    98,
+    169,
+    55,
+    126,
+    215,
+    95,
+    171,
+    173,
+    131,
+    202,
+    8,
+    168,
+    109,
+    44,
+    208,
+    50,
+    94,
+    236,
+    36,
+    122,
+    31,
+    102,
+    173,
+    60,
+    131,
+    219,
+    101,
+    180,
+    181,
+    139,
+    210,
+    25,
+    176,
+    36,
+    55,
+    217,
+    3,
+    103,
+    246,
+    63,
+    132,
+]  # noqa: E501
+
+
+def pattern() -> np.ndarray:
+    y, x, c = np.mgrid[0:10, 0:12, 0:3]
+    return ((x * 37 + y * 11 + c * 71 + x * y * 5) % 256).astype(np.uint8)
+
+
+def unnormalise(tensor: torch.Tensor) -> np.ndarray:
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    return (tensor * std + mean).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize(
+    ("image", "size", "expected"),
+    [(pattern(), 5, PIL_DOWN_5), (np.ascontiguousarray(pattern()[:4, :5]), 7, PIL_UP_7)],
+)
+def test_prepare_frame_matches_the_official_pillow_resize(image: np.ndarray, size: int, expected: list[int]) -> None:
+    tensor = prepare_frame(image, size)
+    assert tensor.shape == (3, size, size) and tensor.dtype == torch.float32
+    difference = np.abs(unnormalise(tensor).astype(int) - np.array(expected).reshape(size, size, 3))
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.05  # fixed-point vs float rounding
+
+
+def test_prepare_frame_normalises_with_imagenet_statistics() -> None:
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 0, 128, 255
+    tensor = prepare_frame(rgb, 4, dtype=torch.bfloat16)
+    assert tensor.dtype == torch.bfloat16 and tensor.shape == (3, 4, 4)
+    expected = [(v / 255 - m) / s for v, m, s in zip((0, 128, 255), IMAGENET_MEAN, IMAGENET_STD, strict=True)]
+    assert torch.allclose(tensor.float().mean(dim=(1, 2)), torch.tensor(expected), atol=2e-2)
+    with pytest.raises(ValueError, match="uint8"):
+        prepare_frame(rgb.astype(np.float32), 4)
