@@ -57,6 +57,7 @@ class ModelConfig(_Section):
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    image_size: int | None = Field(default=None, ge=64, multiple_of=32, description="null: the preset's (1024)")
 
     @field_validator("name")
     @classmethod
