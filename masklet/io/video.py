@@ -1,4 +1,4 @@
-"""Streaming video decode at the annotation fps, and frames prepared as the SAM 2 predictor does.
+"""Streaming video decode at the annotation fps, with the original index of every frame.
 
 Inputs: container bytes (a tar member; never extracted to disk), a binary file object (read whole:
 decord needs the container in memory, so memory holds the compressed video but never all of its
@@ -39,8 +39,6 @@ import av
 import decord
 import fsspec
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from masklet.io.prefetch import Prefetcher
 
@@ -48,8 +46,6 @@ log = logging.getLogger(__name__)
 
 FRAME_FOLDER_FPS = 24.0  # SA-V's JPEGImages_24fps and DAVIS are 24 fps; the files do not say so
 TRUNCATION_TOLERANCE = 2  # frames a decoder may drop without a truncated file (MP4 edit lists)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class VideoDecodeError(ValueError):
@@ -327,26 +323,3 @@ def open_video(
             key, f"the video has {decoder.frame_count} frame(s); at least {min_frames} are needed to track masklets"
         )
     return VideoStream(decoder, key=key, fps=fps, max_frames=max_frames, prefetch=prefetch_frames)
-
-
-def prepare_frame(
-    rgb: np.ndarray, image_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """The model input [3, S, S] for a uint8 [H, W, 3] frame, as the official SAM 2 video predictor makes it.
-
-    The official predictor (sam2/utils/misc.py, JPEG folders) resizes with Pillow's default filter,
-    antialiased bicubic, to S x S ignoring the aspect ratio, horizontally then vertically, rounding
-    and clipping to uint8 after each pass; then /255 and ImageNet mean/std. The same two passes in
-    float torch match Pillow to within 1 grey level on ~0.005% of pixels. The uint8 frame is moved
-    to `device` first, so the copy is 4x smaller and the resize runs on the GPU when there is one.
-    """
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 [H, W, 3] frame, got {rgb.dtype} {rgb.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1)[None].float()
-    for size in ((x.shape[2], image_size), (image_size, image_size)):
-        if tuple(x.shape[2:]) != size:
-            x = F.interpolate(x, size=size, mode="bicubic", antialias=True).round_().clamp_(0, 255)
-    x = x[0] / 255
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=x.device)[:, None, None]
-    return ((x - mean) / std).to(dtype)

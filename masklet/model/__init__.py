@@ -1,5 +1,6 @@
 """The SAM 2 / SAM 2.1 memory model in pure PyTorch, state-dict compatible with the official checkpoints."""
 
+from masklet.model.image_predictor import ImagePredictor, Prediction
 from masklet.model.mask_decoder import DecoderOutput
 from masklet.model.presets import PRESETS, ModelSpec, get_spec
 from masklet.model.sam2 import (
@@ -12,6 +13,7 @@ from masklet.model.sam2 import (
     build_model,
     normalize_images,
 )
+from masklet.model.tracker import TrackOutput, VideoTracker
 
 __all__ = [
     "IMAGE_MEAN",
@@ -20,9 +22,13 @@ __all__ = [
     "PRESETS",
     "DecoderOutput",
     "ImageFeatures",
+    "ImagePredictor",
     "ModelSpec",
+    "Prediction",
     "SAM2Model",
     "SegmentOutput",
+    "TrackOutput",
+    "VideoTracker",
     "build_model",
     "get_spec",
     "normalize_images",

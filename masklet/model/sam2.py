@@ -343,7 +343,9 @@ class SAM2Model(nn.Module):
             probs = probs * self.spec.sigmoid_scale_for_mem_enc
         if self.spec.sigmoid_bias_for_mem_enc != 0.0:
             probs = probs + self.spec.sigmoid_bias_for_mem_enc
-        maskmem, pos = self.memory_encoder(features.vision_features, probs)
+        # NCHW-contiguous like the official input: the FPN's channels-last view takes another conv path
+        # whose last-bit differences can flip the bfloat16 rounding of stored memories
+        maskmem, pos = self.memory_encoder(features.vision_features.contiguous(), probs)
         if self.no_obj_embed_spatial is not None:
             absent = 1 - (object_score_logits > 0).float()
             no_obj = absent[..., None, None] * self.no_obj_embed_spatial[..., None, None]
