@@ -84,17 +84,46 @@ class PipelineConfig(_Section):
     edit_iou_thresh: Fraction = 0.7
     max_objects: int = Field(default=64, ge=1)
     propagate_backward: bool = False
+    prompt_frames: Literal["snap", "exact"] = Field(
+        default="snap",
+        description="a prompt on a frame the fps stride skips: snap to the nearest annotated frame, or refuse",
+    )
 
 
 class FiltersConfig(_Section):
-    """Per-masklet quality thresholds; a masklet failing any of them is kept=false with a reason."""
+    """Per-masklet quality thresholds; a masklet failing any of them is kept=false with a reason.
 
+    Defaults drop only masklets that are never visible and duplicates; masklet.pipelines.filters
+    says what each threshold compares and in which order reasons are given.
+    """
+
+    min_visible_frames: int = Field(default=1, ge=0, description="0 also keeps masklets that are never visible")
     min_stability_mean: Fraction = 0.0
     min_pred_iou_mean: Fraction = 0.0
-    min_visible_frames: int = Field(default=1, ge=0)
+    min_object_score_mean: float | None = Field(
+        default=None, allow_inf_nan=False, description="mean object-score logit over visible frames; null: off"
+    )
     min_area_rel: Fraction = 0.0
     max_area_rel: Fraction = 1.0
-    dedup_iou: Fraction = 0.8
+    max_visibility_changes: int | None = Field(default=None, ge=0, description="null: off")
+    dedup_iou: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        default=0.8, description="tube IoU at which the lower-quality masklet is a duplicate; null: off"
+    )
+
+    @classmethod
+    def from_overrides(cls, overrides: list[str], base: dict[str, Any] | None = None) -> FiltersConfig:
+        """`base` thresholds (e.g. a job's `filters`) with `key=value` overrides; `filters.` is optional."""
+        data = dict(base or {})
+        for text in overrides:
+            path, value = parse_override(text)
+            path = path[1:] if path[0] == "filters" and len(path) > 1 else path
+            if len(path) != 1:
+                raise ConfigError(f"override {text!r}: filters are one level deep, e.g. min_stability_mean=0.9")
+            data[path[0]] = value
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_format_errors(exc, "filters")) from None
 
     @model_validator(mode="after")
     def _area_range(self) -> FiltersConfig:
@@ -115,7 +144,12 @@ class OutputConfig(_Section):
 class RayConfig(_Section):
     """Which Ray to run on: none given means an embedded local Ray on 127.0.0.1."""
 
-    address: str | None = None
+    address: str | None = Field(default=None, description="null: embedded local Ray; 'auto' or HOST:PORT: join it")
+    dashboard: bool = Field(default=True, description="embedded Ray only: serve its dashboard on 127.0.0.1")
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray runtime env of the workers (env_vars, working_dir, pip, ...); `masklet submit` sends it",
+    )
 
 
 class WorkersConfig(_Section):
@@ -124,7 +158,12 @@ class WorkersConfig(_Section):
     count: int | None = Field(default=None, ge=1, description="null: one per GPU, or one per CPU pool")
     num_gpus: float | None = Field(default=None, ge=0, description="null: 1 where GPUs exist, else 0")
     num_cpus: float = Field(default=1.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=3, ge=1, description="tries per shard before it is recorded as failed")
+    pipeline: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="plug-in pipeline factory 'module:function'; null: the built-in one of pipeline.mode",
+    )
 
 
 class JobConfig(_Section):

@@ -1,0 +1,138 @@
+"""Read a committed output root back into records, and rewrite it shard by shard.
+
+Every masklet row, kept or not, is in `masklets/{shard}.parquet`, so new thresholds or a new
+sample need no GPU: read a shard's rows back as `MaskletRecord`s, let a transform decide `kept`
+again, and write the shard to another root with `ShardWriter`, which rebuilds the SA-V JSON
+from the newly kept masklets. Only committed shards (those with a `_done` marker) are read. The
+video bytes, when the input shard carries them, are streamed from its tar into the new one.
+This module knows storage and the schema, not the filters: the caller brings the transform.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass, fields
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from masklet.io import storage
+from masklet.io.schema import MaskletRecord, VideoRecord
+from masklet.io.sinks import ShardWriter, list_done, shard_files
+from masklet.io.storage import RetryPolicy, StorageOptions
+
+Transform = Callable[[str, list[MaskletRecord]], list[MaskletRecord]]
+_MASKLET_FIELDS = tuple(f.name for f in fields(MaskletRecord))
+_VIDEO_FIELDS = tuple(f.name for f in fields(VideoRecord))
+
+
+@dataclass
+class OutputShard:
+    """One committed shard read back: its marker, its videos in input order, its masklets."""
+
+    shard_id: str
+    marker: dict
+    videos: list[VideoRecord]
+    masklets: list[MaskletRecord]
+
+
+def read_table(
+    root: str,
+    shard_id: str,
+    name: str,
+    *,
+    columns: Sequence[str] | None = None,
+    storage_options: StorageOptions = None,
+    retry: RetryPolicy | None = None,
+) -> pa.Table:
+    """`masklets` or `videos` of one shard, optionally only some columns (read by range, not whole)."""
+    uri = storage.join(root, shard_files(shard_id)[name])
+    fs, path = storage.url_to_fs(uri, storage_options)
+    cols = None if columns is None else list(columns)
+    return storage.call("read", uri, pq.read_table, path, filesystem=fs, columns=cols, retry=retry)
+
+
+def read_shard(
+    root: str, shard_id: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None
+) -> OutputShard:
+    """A committed shard's marker and rows as records."""
+    io = {"storage_options": storage_options, "retry": retry}
+    marker_uri = storage.join(root, shard_files(shard_id)["done"])
+    fs, path = storage.url_to_fs(marker_uri, storage_options)
+    marker = json.loads(storage.call("read", marker_uri, fs.cat_file, path, retry=retry))
+    masklets = read_table(root, shard_id, "masklets", columns=_MASKLET_FIELDS, **io).to_pylist()
+    videos = read_table(root, shard_id, "videos", columns=_VIDEO_FIELDS, **io).to_pylist()
+    return OutputShard(shard_id, marker, [VideoRecord(**v) for v in videos], [MaskletRecord(**m) for m in masklets])
+
+
+def iter_video_members(
+    root: str, shard_id: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None
+) -> Iterator[tuple[str, str, bytes]]:
+    """(video_key, extension, bytes) of each video in the shard's tar, streamed in tar order."""
+    uri = storage.join(root, shard_files(shard_id)["wds"])
+    fs, path = storage.url_to_fs(uri, storage_options)
+    with storage.call("open", uri, fs.open, path, "rb", retry=retry) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if member.isfile() and ext != "json":
+                yield key, ext, tar.extractfile(member).read()
+
+
+def rewrite_output(
+    in_root: str,
+    out_root: str,
+    transform: Transform,
+    *,
+    shard_ids: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    storage_options: StorageOptions = None,
+    retry: RetryPolicy | None = None,
+) -> list[dict]:
+    """Write committed shards of `in_root` to `out_root` with `transform(shard_id, masklets)`.
+
+    The transform returns the same masklets in the same order with `kept` / `reject_reason`
+    decided again. `shard_ids`: the shards to rewrite (default: every committed one, listed now).
+    Model, config hash and write_video carry over from each input marker; `extra` goes into each
+    new marker, with `derived_from`. Returns the new markers, by shard id.
+    """
+    if in_root.rstrip("/") == out_root.rstrip("/"):
+        raise ValueError(f"the output root must differ from the input root (both {in_root!r})")
+    io = {"storage_options": storage_options, "retry": retry}
+    shard_ids = sorted(list_done(in_root, **io) if shard_ids is None else shard_ids)
+    if not shard_ids:
+        raise ValueError(f"{in_root!r} holds no committed shard (no {storage.join(in_root, '_done')}/*.json)")
+    storage.ensure_writable_dir(out_root, **io)
+    return [_rewrite_shard(in_root, out_root, s, transform, extra, io) for s in shard_ids]
+
+
+def _rewrite_shard(
+    in_root: str, out_root: str, shard_id: str, transform: Transform, extra: Mapping[str, Any] | None, io: dict
+) -> dict:
+    shard = read_shard(in_root, shard_id, **io)
+    masklets = transform(shard_id, shard.masklets)
+    if [(m.video_key, m.masklet_id) for m in masklets] != [(m.video_key, m.masklet_id) for m in shard.masklets]:
+        raise ValueError(f"shard {shard_id}: the transform must return the same masklets in the same order")
+    by_video: dict[str, list[MaskletRecord]] = {}
+    for m in masklets:
+        by_video.setdefault(m.video_key, []).append(m)
+    marker = shard.marker
+    write_video = bool(marker.get("write_video"))
+    members = iter_video_members(in_root, shard_id, **io)  # opened on the first next(), closed on exit
+    with (
+        closing(members),
+        ShardWriter(
+            out_root, shard_id, model=marker["model"], config_hash=marker["config_hash"], write_video=write_video, **io
+        ) as writer,
+    ):
+        for video in shard.videos:
+            video_bytes, ext = None, "mp4"
+            if write_video and video.status == "ok":
+                key, ext, video_bytes = next(members, (None, "", b""))
+                if key != video.video_key:
+                    raise ValueError(f"shard {shard_id}: the tar has {key!r} where video {video.video_key!r} was due")
+            writer.add_video(video, by_video.get(video.video_key, []), video_bytes=video_bytes, video_ext=ext)
+        return writer.commit(extra={**dict(extra or {}), "derived_from": in_root})
