@@ -10,27 +10,11 @@ import dataclasses
 
 import pytest
 import torch
+from tiny_sam2 import TINY
 
-from masklet.model import NO_OBJ_SCORE, ImageFeatures, ModelSpec, SAM2Model, build_model, normalize_images
+from masklet.model import NO_OBJ_SCORE, ImageFeatures, SAM2Model, build_model, normalize_images
 from masklet.model.position import apply_rope, axial_rope_table
 
-TINY = ModelSpec(
-    name="tiny",
-    image_size=128,
-    embed_dim=8,
-    num_heads=1,
-    stages=(1, 1, 2, 1),
-    global_att_blocks=(3,),
-    window_spec=(8, 4, 4, 2),
-    window_pos_embed_bkg_spatial_size=(4, 4),
-    hidden_dim=32,
-    mem_dim=16,
-    decoder_num_heads=2,
-    decoder_mlp_dim=64,
-    iou_head_hidden_dim=32,
-    memory_attention_layers=2,
-    memory_attention_mlp_dim=64,
-)
 S, E = TINY.image_size, TINY.image_embedding_size  # 128, 8
 
 

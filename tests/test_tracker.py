@@ -212,6 +212,41 @@ def test_reprompt_is_a_new_conditioning_frame_without_memory(model: SAM2Model, f
     assert torch.allclose(reprompted.low_res_logits, first.low_res_logits, atol=1e-6)
 
 
+def test_correct_after_step_equals_prompting_before_it(model: SAM2Model, frames: np.ndarray) -> None:
+    """A mask given with `correct` right after a step (to a tracked object, and a new one) leaves the
+    tracker exactly as if it had been given with `add_object` before that step."""
+
+    def track(correct: bool) -> dict:
+        tracker = VideoTracker(model, **FP32)
+        results = {}
+        tracker.add_object(1, mask=square(0))
+        for t in range(6):
+            fixes = {1: square(t), 2: square(t)[::-1].copy()} if t == 2 else {}
+            if not correct:
+                for obj_id, mask in fixes.items():
+                    tracker.add_object(obj_id, mask=mask)
+            outputs = [tracker.step(frames[t])]
+            if correct and fixes:
+                outputs.append(tracker.correct(fixes))  # replaces the tracked outputs of its objects
+                assert outputs[1].obj_ids == [1, 2] and outputs[1].frame_index == 2
+            for out in outputs:
+                for i, obj_id in enumerate(out.obj_ids):
+                    results[(obj_id, t)] = {"low_res": out.low_res_logits[i], "score": out.object_score_logits[i]}
+        assert list(tracker.bank.objects[1].cond) == [0, 2] and list(tracker.bank.objects[2].cond) == [2]
+        return results
+
+    assert_same(track(correct=True), track(correct=False), atol=1e-5)
+
+
+def test_correct_needs_a_frame_just_processed(model: SAM2Model, frames: np.ndarray) -> None:
+    tracker = VideoTracker(model, **FP32)
+    with pytest.raises(RuntimeError, match="just processed"):
+        tracker.correct({1: square(0)})
+    tracker.step(frames[0])  # nothing tracked: the frame is encoded only when corrected
+    assert tracker.correct({1: square(0)}).obj_ids == [1]
+    assert tracker.step(frames[1]).obj_ids == [1]
+
+
 def test_prompt_coordinates_in_pixels_or_normalized(model: SAM2Model, frames: np.ndarray) -> None:
     outs = []
     for points, normalize in (([[32.0, 12.0]], True), ([[0.5, 0.25]], False)):

@@ -94,6 +94,9 @@ class MemoryBank:
         if not prompted:
             mem.spatial[frame], mem.pointers[frame] = spatial, pointer
             return
+        # a prompted memory replaces a tracked one of the same frame (`VideoTracker.correct`)
+        mem.spatial.pop(frame, None)
+        mem.pointers.pop(frame, None)
         mem.cond[frame] = (spatial, pointer)
         if self.max_cond_frames is not None and len(mem.cond) > self.max_cond_frames:
             # all prompted frames lie behind every later frame, so the oldest is never among the closest again

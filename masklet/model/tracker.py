@@ -3,7 +3,8 @@
 Frames go in one at a time and are never kept: `step(frame)` encodes the frame once and advances
 every tracked object with one memory-attention call, one mask-decoder call and one memory-encoder
 call for all of them (objects with fewer memories are padded and masked). Objects are added or
-re-prompted with `add_object` on the frame the next `step` processes. The memory bank keeps per
+re-prompted with `add_object` on the frame the next `step` processes, or corrected with `correct` on
+the frame `step` just processed (for pipelines that only judge a frame once it is tracked). The memory bank keeps per
 object only what attention can still use (see `memory_bank`), so memory does not grow with the video.
 
 Semantics follow the official `SAM2VideoPredictor` (sam2 1.1.0) replaying the same calls as the
@@ -14,7 +15,7 @@ docs/model.md says so.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -131,6 +132,7 @@ class VideoTracker:
         self._obj_ids: list[int] = []
         self._pending: dict[int, _Prompt] = {}
         self._maskmem_pos: Tensor | None = None  # the same for every memory, kept once
+        self._last: tuple[int, Frame] | None = None  # the frame just processed (encoded if it was)
 
     # ------------------------------------------------------------------ state
     @property
@@ -259,9 +261,34 @@ class VideoTracker:
                 output = self._empty_output(f)
             else:
                 output = self._store(features, f, self._prompted_rows(features) + self._tracked_rows(features, f))
+        self._last = (f, frame if features is None else features)
         self._pending.clear()
         self._frame_index = f + (-1 if self.reverse else 1)
         self.bank.prune(self._frame_index)
+        return output
+
+    def correct(self, masks: Mapping[int, ArrayLike]) -> TrackOutput:
+        """Replace the output of the frame `step` just processed by a binary mask [H, W] per object
+        (tracked or new), and return those objects' new outputs in the order given.
+
+        The frame becomes a conditioning frame of each object, exactly as if the mask had been given
+        with `add_object` before the step: its memory is encoded again from the mask and replaces the
+        tracked one. This is what an automatic pipeline needs, as it only judges a frame's masks once
+        the frame is tracked. Valid until the next `step` (only that frame's features are kept).
+        """
+        if not masks:
+            raise ValueError("correct() needs at least one mask")
+        if self._last is None:
+            raise RuntimeError("correct() applies to the frame step() just processed, and none was")
+        frame, features = self._last
+        obj_ids = [int(o) for o in masks]
+        prompts = torch.cat([prepare_mask_prompt(m, self.image_size, self.device) for m in masks.values()])
+        with self._inference():
+            if not isinstance(features, ImageFeatures):  # nothing was tracked on it: encoded only now
+                features = self.model.encode_image(self._model_input(features))
+                self._last = (frame, features)
+            output = self._store(features, frame, [self._mask_rows(features, obj_ids, prompts)], obj_ids)
+        self._obj_ids += [o for o in obj_ids if o not in self._obj_ids]
         return output
 
     def _empty_output(self, frame: int) -> TrackOutput:
@@ -274,15 +301,9 @@ class VideoTracker:
     def _prompted_rows(self, features: ImageFeatures) -> list[_Rows]:
         """Prompted objects, segmented without memory: masks in one batch, points batched by count."""
         model, rows = self.model, []
-        masks = {o: p for o, p in self._pending.items() if p.mask is not None}
+        masks = {o: p.mask for o, p in self._pending.items() if p.mask is not None}
         if masks:
-            mask = torch.cat([p.mask for p in masks.values() if p.mask is not None])
-            if model.spec.use_mask_input_as_output_without_sam:
-                out = model.mask_as_output(features, mask)
-            else:
-                embedding = model.embed_without_memory(features).expand(len(masks), -1, -1, -1)
-                out = model.segment(features, embedding, mask_input=mask, multimask_output=model.use_multimask(True, 0))
-            rows.append(self._prompted(list(masks), out))
+            rows.append(self._mask_rows(features, list(masks), torch.cat(list(masks.values()))))
         by_count: dict[int, dict[int, _Prompt]] = {}
         for obj_id, p in self._pending.items():
             if p.labels is not None:
@@ -294,6 +315,16 @@ class VideoTracker:
             out = model.segment(features, embedding, coords, labels, multimask_output=model.use_multimask(True, n))
             rows.append(self._prompted(list(group), out))
         return rows
+
+    def _mask_rows(self, features: ImageFeatures, obj_ids: list[int], mask: Tensor) -> _Rows:
+        """Objects prompted with masks [k, 1, S, S], segmented without memory in one batch."""
+        model = self.model
+        if model.spec.use_mask_input_as_output_without_sam:
+            out = model.mask_as_output(features, mask)
+        else:
+            embedding = model.embed_without_memory(features).expand(len(obj_ids), -1, -1, -1)
+            out = model.segment(features, embedding, mask_input=mask, multimask_output=model.use_multimask(True, 0))
+        return self._prompted(obj_ids, out)
 
     def _input_coords(self, prompt: _Prompt) -> Tensor:
         """A prompt's points in model-input pixels, as the official predictor scales them."""
@@ -364,11 +395,15 @@ class VideoTracker:
             mask = torch.cat(parts, dim=1)
         return torch.cat(tokens, 1), torch.cat(positions, 1), num_ptr_tokens, mask
 
-    def _store(self, features: ImageFeatures, frame: int, groups: list[_Rows]) -> TrackOutput:
-        """Encode every object's memory of this frame in one batch, store it, and gather the outputs."""
+    def _store(
+        self, features: ImageFeatures, frame: int, groups: list[_Rows], order: list[int] | None = None
+    ) -> TrackOutput:
+        """Encode the memories of this frame of the objects in `groups` in one batch, store them, and
+        gather the outputs in `order` (default: every tracked object, in the order they were added)."""
         assert self.video_hw is not None
+        order_ids = self._obj_ids if order is None else order
         obj_ids = [o for g in groups for o in g.obj_ids]
-        rows = [obj_ids.index(o) for o in self._obj_ids]
+        rows = [obj_ids.index(o) for o in order_ids]
         order = torch.tensor(rows, dtype=torch.long, device=self.device)
         flags = [g.prompted for g in groups for _ in g.obj_ids]
         prompted = [flags[r] for r in rows]
@@ -389,9 +424,9 @@ class VideoTracker:
         if self._maskmem_pos is None:
             self._maskmem_pos = pos[:1].float().clone()
         maskmem = maskmem.to(self.memory_dtype)
-        for i, obj_id in enumerate(self._obj_ids):
+        for i, obj_id in enumerate(order_ids):
             # memories of tracked frames are dropped for all objects at once, so they may share storage;
             # a prompted frame's memory can outlive the others and gets its own
             spatial, ptr = (maskmem[i].clone(), obj_ptr[i].clone()) if prompted[i] else (maskmem[i], obj_ptr[i])
             self.bank.add(obj_id, frame, spatial, ptr, prompted=prompted[i])
-        return TrackOutput(frame, list(self._obj_ids), low_res, iou, scores[:, 0], obj_ptr, self.video_hw)
+        return TrackOutput(frame, list(order_ids), low_res, iou, scores[:, 0], obj_ptr, self.video_hw)

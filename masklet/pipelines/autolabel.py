@@ -1,0 +1,238 @@
+"""Automatic masklets of a whole video: seed with automatic masks, track, re-seed, correct, filter.
+
+The automatic analogue of SA-V's annotation loop. On the first annotated frame, and every
+`reseed_every` annotated frames after it (off by default, as SA-V's first-frame-only automatic
+masklets), automatic mask generation proposes candidates, and each is matched (`match`) against what
+the tracker holds on that frame, after the frame is tracked:
+
+- a candidate matching no tracked object (IoU < `new_object_iou_thresh` with every visible tracked
+  mask and with the last visible mask of every lost object) and not mostly inside the union of
+  visible tracked masks (< `COVERED_FRACTION` of its area: a part of a tracked object is not a new
+  object) starts a masklet, while fewer than `max_objects` masklets exist;
+- a visible tracked object that no candidate confirms (IoU >= `edit_iou_thresh`) but one overlaps
+  (IoU >= `new_object_iou_thresh`, and this object is that candidate's best match) is corrected with
+  that candidate's mask: one *edit* for the masklet;
+- a lost object (object score <= 0) whose last visible mask a candidate overlaps (IoU >=
+  `new_object_iou_thresh`), that candidate matching no visible object, is re-found: corrected with
+  that mask, one edit too.
+
+Edits count corrected frames per masklet (SA-V's `masklet_edited_frame_count`). Corrections and new
+masklets land on the frame being judged (`VideoTracker.correct`), as conditioning frames. All objects
+advance in one batched `step` per frame. With `propagate_backward`, masklets born after the first
+frame are tracked back to it by one reverse tracker, over frames decoded again (`tracking`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from masklet.config import JobConfig, PipelineConfig
+from masklet.io.schema import MaskletRecord
+from masklet.io.sources import VideoInput
+from masklet.io.video import Frame
+from masklet.model import SAM2Model
+from masklet.model.tracker import TrackOutput
+from masklet.pipelines.automask import AutoMaskConfig, AutoMaskGenerator
+from masklet.pipelines.filters import apply_filters
+from masklet.pipelines.quality import MaskletSequences
+from masklet.pipelines.tracking import TrackerFactory, VideoFrames, record, replay_backward, tracker_factory
+
+COVERED_FRACTION = 0.5  # a candidate this much inside tracked masks is part of them, not a new object
+MAX_COND_FRAMES = 8  # with re-seeding, corrections keep coming: attend to the closest corrected frames
+
+
+class Proposals(Protocol):
+    """Candidate masks of one frame (`AutoMasks` is one): masks [N, H, W] bool, predicted_iou [N]."""
+
+    masks: Tensor
+    predicted_iou: Tensor
+
+
+@dataclass
+class Match:
+    """What the candidates of one frame do: `new` candidate indices start masklets (in order);
+    `edits` obj_id -> candidate index corrects that object."""
+
+    new: list[int] = field(default_factory=list)
+    edits: dict[int, int] = field(default_factory=dict)
+
+
+def mask_ious(a: Tensor, b: Tensor) -> Tensor:
+    """IoU [N, M] of bool masks a [N, H, W] and b [M, H, W] (0 where both are empty)."""
+    fa, fb = a.flatten(1).float(), b.flatten(1).float()
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
+def match(
+    candidates: Tensor,
+    scores: Tensor,
+    obj_ids: list[int],
+    current: Tensor,
+    last_visible: Tensor,
+    *,
+    new_iou: float,
+    edit_iou: float,
+    room: int,
+) -> Match:
+    """Match candidates [N, H, W] against tracked objects (module doc for the rules).
+
+    current [M, H, W]: each object's mask on this frame, empty when the tracker lost it;
+    last_visible [M, H, W]: its last visible mask before (empty if none). Candidates are taken by
+    decreasing `scores`; at most `room` new masklets start.
+    """
+    result = Match()
+    n, m = len(candidates), len(obj_ids)
+    if n == 0:
+        return result
+    visible = current.flatten(1).any(1) if m else torch.zeros(0, dtype=torch.bool)
+    vis_iou = mask_ious(candidates, current) if m else torch.zeros(n, 0)
+    lost_iou = mask_ious(candidates, last_visible) * ~visible[None, :] if m else torch.zeros(n, 0)
+    best_vis = vis_iou.max(1).values if m else torch.zeros(n)
+    for j in range(m):
+        if visible[j] and not bool((vis_iou[:, j] >= edit_iou).any()):
+            i = int(vis_iou[:, j].argmax())
+            if vis_iou[i, j] >= new_iou and int(vis_iou[i].argmax()) == j:
+                result.edits[obj_ids[j]] = i
+        elif not visible[j]:
+            i = int(lost_iou[:, j].argmax())
+            if lost_iou[i, j] >= new_iou and best_vis[i] < new_iou and i not in result.edits.values():
+                result.edits[obj_ids[j]] = i
+    used = set(result.edits.values())
+    covered = current.any(0) if m else torch.zeros(candidates.shape[1:], dtype=torch.bool)
+    for i in torch.argsort(scores, descending=True, stable=True).tolist():
+        if len(result.new) >= room:
+            break
+        area = int(candidates[i].sum())
+        if i in used or area == 0 or best_vis[i] >= new_iou or (m and lost_iou[i].max() >= new_iou):
+            continue
+        if int((candidates[i] & covered).sum()) >= COVERED_FRACTION * area:
+            continue
+        result.new.append(i)
+        covered = covered | candidates[i]
+    return result
+
+
+def _visible_masks(out: TrackOutput) -> Tensor:
+    """Masks [N, H, W] on CPU, empty where the object score says absent."""
+    return (out.masks() & (out.object_score_logits > 0)[:, None, None]).cpu()
+
+
+class AutoLabeler:
+    """The automatic pipeline for one video at a time, on any tracker and mask proposer."""
+
+    def __init__(
+        self, config: PipelineConfig, make_tracker: TrackerFactory, propose: Callable[[np.ndarray], Proposals]
+    ) -> None:
+        self.config = config
+        self.make_tracker = make_tracker
+        self.propose = propose
+
+    def _is_seed(self, position: int) -> bool:
+        every = self.config.reseed_every
+        return position == 0 or (every is not None and position % every == 0)
+
+    def __call__(
+        self, key: str, frames: Iterable[Frame], reopen: Callable[[], Iterable[Frame]] | None = None
+    ) -> list[MaskletRecord]:
+        """Every masklet of the video, unfiltered. `reopen` decodes the video again from the start
+        (needed with `propagate_backward`)."""
+        c = self.config
+        tracker = self.make_tracker(reverse=False, start=0)
+        sequences = MaskletSequences(key, source="auto", stability_offset=c.stability_score_offset)
+        edits: dict[int, int] = {}
+        last_visible: dict[int, Tensor] = {}
+        births: dict[int, tuple[int, Tensor]] = {}  # late-born obj -> (position, mask), for the backward pass
+        obj_ids: list[int] = []
+        for position, frame in enumerate(frames):
+            outputs = [tracker.step(frame.rgb)]
+            current = _visible_masks(outputs[0])
+            if self._is_seed(position):
+                found = self.propose(frame.rgb)
+                masks = found.masks.cpu().bool()
+                blank = torch.zeros(current.shape[1:], dtype=torch.bool)
+                before = torch.stack([last_visible.get(o, blank) for o in obj_ids]) if obj_ids else current
+                decided = match(
+                    masks,
+                    found.predicted_iou.cpu(),
+                    obj_ids,
+                    current,
+                    before,
+                    new_iou=c.new_object_iou_thresh,
+                    edit_iou=c.edit_iou_thresh,
+                    room=c.max_objects - len(obj_ids),
+                )
+                fixes = {o: masks[i].numpy() for o, i in decided.edits.items()}
+                next_id = max(obj_ids, default=0) + 1
+                for k, i in enumerate(decided.new):
+                    fixes[next_id + k] = masks[i].numpy()
+                    if position > 0 and c.propagate_backward:
+                        births[next_id + k] = (position, masks[i])
+                for o in decided.edits:
+                    edits[o] = edits.get(o, 0) + 1
+                if fixes:
+                    outputs.append(tracker.correct(fixes))
+                    obj_ids += [next_id + k for k in range(len(decided.new))]
+            for out in outputs:
+                record(sequences, frame.index, out)
+                for o, mask in zip(out.obj_ids, _visible_masks(out), strict=True):
+                    if mask.any():
+                        last_visible[o] = mask
+        if births:
+            if reopen is None:
+                raise ValueError("propagate_backward needs the video decoded again, and no reopen was given")
+            self._backward(births, reopen, sequences)
+        return sequences.records(edits)
+
+    def _backward(
+        self, births: dict[int, tuple[int, Tensor]], reopen: Callable[[], Iterable[Frame]], sequences: MaskletSequences
+    ) -> None:
+        """Track late-born masklets from their birth frames back to the first frame, all in one reverse
+        tracker; only frames before each birth are recorded (the forward pass has the rest)."""
+        last = max(p for p, _ in births.values())
+        tracker = self.make_tracker(reverse=True, start=last)
+        for position, frame in replay_backward(reopen, last):
+            for obj, (born, mask) in births.items():
+                if born == position:
+                    tracker.add_object(obj, mask=mask.numpy())
+            out = tracker.step(frame.rgb)
+            record(sequences, frame.index, out, keep=lambda o, position=position: births[o][0] > position)
+
+
+def automask_config(config: PipelineConfig) -> AutoMaskConfig:
+    return AutoMaskConfig(
+        points_per_side=config.points_per_side,
+        points_per_batch=config.points_per_batch,
+        pred_iou_thresh=config.pred_iou_thresh,
+        stability_score_thresh=config.stability_score_thresh,
+        stability_score_offset=config.stability_score_offset,
+        box_nms_thresh=config.box_nms_thresh,
+        crop_n_layers=config.crop_n_layers,
+        min_mask_region_area=config.min_mask_region_area,
+    )
+
+
+def build_pipeline(
+    config: JobConfig, model: SAM2Model, device: torch.device
+) -> Callable[[VideoInput, VideoFrames], list[MaskletRecord]]:
+    """The worker's factory (masklet.jobs.pipeline_registry): every masklet of a video, filtered."""
+    c = config.pipeline
+    max_cond = MAX_COND_FRAMES if c.reseed_every is not None else None
+    generator = AutoMaskGenerator(model, automask_config(c))
+    labeler = AutoLabeler(c, tracker_factory(model, max_cond_frames=max_cond), generator.generate)
+    source = config.source
+
+    def pipeline(video: VideoInput, frames: VideoFrames) -> list[MaskletRecord]:
+        def reopen() -> Iterable[Frame]:
+            return video.open(fps=source.fps, max_frames=source.max_frames, prefetch_frames=source.prefetch_frames)
+
+        return apply_filters(labeler(video.key, frames, reopen), config.filters)
+
+    return pipeline

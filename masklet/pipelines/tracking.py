@@ -1,0 +1,104 @@
+"""What the video pipelines share: the tracker surface they drive, and frames replayed backwards.
+
+Backward passes (late-born masklets, objects prompted after the first frame) run a reverse tracker
+over frames the forward pass has already consumed. Frames are never kept for this: holding every
+decoded frame of a video would make memory grow with its length. The video is decoded again
+instead, `REPLAY_CHUNK` frames at a time from the end of the span back to its start, each chunk
+costing one decode of the video's prefix up to it. At most `REPLAY_CHUNK` frames are held, and a
+backward pass over n frames costs about n / REPLAY_CHUNK prefix decodes (one for videos of up to
+REPLAY_CHUNK annotated frames).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from masklet.io.video import Frame
+from masklet.model import SAM2Model
+from masklet.model.tracker import TrackOutput, VideoTracker
+from masklet.model.transforms import ArrayLike
+from masklet.pipelines.quality import MaskletSequences
+
+REPLAY_CHUNK = 64  # frames held at once by a backward pass
+
+
+class VideoFrames(Protocol):
+    """The decoded video a pipeline gets (the worker's `FrameStream`): its size, then its frames."""
+
+    height: int
+    width: int
+    frame_count: int
+    stride: int
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+
+class Tracker(Protocol):
+    """The part of `VideoTracker` the pipelines use (a test double implements it too)."""
+
+    def add_object(self, obj_id: int, **prompt: object) -> None: ...
+
+    def step(self, frame: np.ndarray) -> TrackOutput: ...
+
+    def correct(self, masks: Mapping[int, ArrayLike]) -> TrackOutput: ...
+
+
+class TrackerFactory(Protocol):
+    """A fresh tracker whose first `step` is annotated frame `start` (a position, not a video frame)."""
+
+    def __call__(self, *, reverse: bool, start: int) -> Tracker: ...
+
+
+def tracker_factory(model: SAM2Model, *, max_cond_frames: int | None = None) -> TrackerFactory:
+    """`VideoTracker`s on `model`, run in the model's dtype (autocast when it is not float32)."""
+    dtype = next(model.parameters()).dtype
+
+    def make(*, reverse: bool, start: int) -> Tracker:
+        return VideoTracker(model, reverse=reverse, start_frame=start, max_cond_frames=max_cond_frames, dtype=dtype)
+
+    return make
+
+
+def replay_backward(
+    reopen: Callable[[], Iterable[Frame]], last: int, chunk: int = REPLAY_CHUNK
+) -> Iterator[tuple[int, Frame]]:
+    """(position, frame) for annotated positions last, last - 1, ..., 0, decoding the video again
+    once per `chunk` frames (see the module doc). Raises if the video yields fewer frames than before."""
+    end = last + 1
+    while end > 0:
+        start = max(0, end - chunk)
+        frames = iter(reopen())
+        try:
+            held = list(itertools.islice(frames, start, end))
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
+        if len(held) != end - start:
+            raise RuntimeError(f"decoding the video again gave {start + len(held)} frames, not the {end} seen before")
+        for k in range(len(held) - 1, -1, -1):
+            yield start + k, held[k]
+        del held
+        end = start
+
+
+def record(
+    sequences: MaskletSequences, frame_index: int, out: TrackOutput, keep: Callable[[int], bool] | None = None
+) -> None:
+    """Add one tracked frame to `sequences`: every object, or those whose id `keep` accepts."""
+    rows = [k for k, o in enumerate(out.obj_ids) if keep is None or keep(o)]
+    if not rows:
+        return
+    index = torch.tensor(rows, device=out.iou.device)
+    sequences.add_frame(
+        frame_index,
+        [out.obj_ids[k] for k in rows],
+        out.video_res_logits.index_select(0, index),
+        out.iou.index_select(0, index),
+        out.object_score_logits.index_select(0, index),
+    )
