@@ -7,14 +7,17 @@ found before any work started.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
 from masklet import __version__
-from masklet.config import ConfigError, dump_config, load_config
+from masklet.config import ConfigError, JobConfig, dump_config, load_config, validate_config
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -40,7 +43,198 @@ def _cmd_config(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     print(dump_config(config), end="")
     print(f"# config hash: {config.content_hash()}")
+    from masklet.jobs.manifest import job_hash
+
+    print(f"# job hash: {job_hash(config)} (job.json and output rows; ray and worker placement left out)")
     return EXIT_OK
+
+
+def _cmd_filter(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from masklet.config import FiltersConfig
+    from masklet.io.outputs import rewrite_output
+    from masklet.jobs.manifest import JOB_FILE, read_job
+    from masklet.pipelines.filters import apply_filters
+
+    base = ((read_job(args.in_uri) or {}).get("config") or {}).get("filters")
+    filters = FiltersConfig.from_overrides(args.overrides, base)
+    origin = f"{args.in_uri}/{JOB_FILE}" if base is not None else "defaults"
+    print(f"thresholds ({origin} + overrides): {filters.model_dump(mode='json')}")
+    outcomes: Counter[str] = Counter()
+
+    def transform(shard_id: str, records: list) -> list:
+        records = apply_filters(records, filters)
+        outcomes.update((r.reject_reason or "kept").split(":")[0] for r in records)
+        return records
+
+    extra = {"command": "filter", "filters": filters.model_dump(mode="json")}
+    markers = rewrite_output(args.in_uri, args.out_uri, transform, extra=extra)
+    total, kept = sum(outcomes.values()), outcomes.pop("kept", 0)
+    print(f"wrote {len(markers)} shards to {args.out_uri}: {total} masklets, {kept} kept")
+    for reason, count in sorted(outcomes.items()):
+        print(f"  {reason}: {count}")
+    return EXIT_OK
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from masklet.io.outputs import read_table, rewrite_output
+    from masklet.io.sinks import list_done
+    from masklet.pipelines.sampling import CANDIDATE_COLUMNS, Candidate, mark_sampled, select
+
+    shard_ids = sorted(list_done(args.in_uri))
+    candidates = [
+        Candidate(shard_id=s, **row)
+        for s in shard_ids
+        for row in read_table(args.in_uri, s, "masklets", columns=CANDIDATE_COLUMNS).to_pylist()
+    ]
+    selected = select(candidates, by=args.by, top_k=args.top_k, fraction=args.fraction, seed=args.seed)
+    extra = {"command": "sample", "by": args.by, "top_k": args.top_k, "fraction": args.fraction, "seed": args.seed}
+    markers = rewrite_output(
+        args.in_uri,
+        args.out_uri,
+        lambda shard_id, records: mark_sampled(shard_id, records, selected),
+        shard_ids=shard_ids,
+        extra=extra,
+    )
+    kept = sum(c.kept for c in candidates)
+    print(f"kept {len(selected)} of {kept} kept masklets (by {args.by}); wrote {len(markers)} shards to {args.out_uri}")
+    return EXIT_OK
+
+
+def _job_config(args: argparse.Namespace) -> JobConfig:
+    """CONFIG with overrides, or the resolved config `masklet submit` sends as --config-json."""
+    if args.config_json is not None:
+        if args.config is not None:
+            raise ConfigError("give either CONFIG [KEY=VALUE ...] or --config-json, not both")
+        try:
+            data = json.loads(args.config_json)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--config-json is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError("--config-json must be a JSON object of config sections")
+        return validate_config(data, origin="--config-json")
+    if args.config is None:
+        raise ConfigError("a CONFIG file is required")
+    return load_config(args.config, args.overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from masklet.jobs.cluster import keep_on_loopback
+
+    config = _job_config(args)
+    if config.ray.address is None:
+        keep_on_loopback()  # before Ray is imported: an embedded Ray listens on 127.0.0.1 only
+    from masklet.jobs.driver import run_job
+
+    try:
+        return run_job(config, force=args.force).exit_code
+    except KeyboardInterrupt:
+        print("\nmasklet run: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from masklet.jobs import submit
+
+    submission = submit.build_submission(
+        _job_config(args), working_dir=args.working_dir, pip=args.pip, env=args.env, force=args.force
+    )
+    if args.dry_run:
+        print(f"entrypoint: {submission.entrypoint}")
+        print(f"runtime_env: {json.dumps(submission.runtime_env, sort_keys=True)}")
+        return EXIT_OK
+    job_id = submit.submit(args.address, submission)
+    print(job_id)
+    if not args.wait:
+        print(f"follow it with: masklet logs {job_id} --follow; masklet status {job_id}", file=sys.stderr)
+        return EXIT_OK
+    submit.logs(args.address, job_id, sys.stdout, follow=True)
+    state = submit.status(args.address, job_id)["status"]
+    print(f"job {job_id}: {state}", file=sys.stderr)
+    return EXIT_OK if state == "SUCCEEDED" else EXIT_FAILED
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from masklet.jobs import submit
+
+    info = submit.status(args.address, args.job_id)
+    print(info["status"])
+    for key in ("message", "entrypoint", "start_time", "end_time"):
+        if info[key]:
+            print(f"  {key}: {info[key]}")
+    return EXIT_OK
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from masklet.jobs import submit
+
+    submit.logs(args.address, args.job_id, sys.stdout, follow=args.follow)
+    return EXIT_OK
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from masklet.jobs import submit
+
+    stopped = submit.stop(args.address, args.job_id)
+    print(f"job {args.job_id}: {'stop requested' if stopped else 'already ended'}")
+    return EXIT_OK
+
+
+def _add_job_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", metavar="CONFIG", help="YAML config (any fsspec URI)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. workers.count=2")
+    parser.add_argument("--config-json", metavar="JSON", help="a whole resolved config instead of CONFIG")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="run into an output root that holds another job's outputs: its done shards are kept as they are "
+        "(their rows keep their own config_hash), the other shards run with this config, and job.json records "
+        "this job with the old one in its history",
+    )
+
+
+def _add_address_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="the cluster's Ray dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+
+
+def _add_job_commands(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser(
+        "run",
+        help="label a corpus: run a job on an embedded Ray or a Ray cluster",
+        description="Run CONFIG: every input shard not done yet becomes an output shard. Without ray.address "
+        "an embedded Ray on 127.0.0.1 runs it; with one (e.g. ray.address=auto) it joins that cluster. "
+        "Rerunning resumes: done shards are skipped. Exit 0: all done; 1: some shards or videos failed "
+        "(listed); 2: a config or input error, nothing run.",
+    )
+    _add_job_config_arguments(run)
+    run.set_defaults(run=_cmd_run)
+
+    submit = commands.add_parser(
+        "submit",
+        help="run a job on a Ray cluster through the Ray Jobs API",
+        description="Validate CONFIG here and submit `masklet run` with it to the cluster; prints the job id.",
+    )
+    _add_job_config_arguments(submit)
+    _add_address_argument(submit)
+    submit.add_argument("--working-dir", help="local directory (or URI) to ship as the job's working_dir")
+    submit.add_argument("--pip", action="append", default=[], metavar="SPEC", help="pip requirement to install")
+    submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment variable")
+    submit.add_argument("--dry-run", action="store_true", help="print the entrypoint and runtime env, submit nothing")
+    submit.add_argument("--wait", action="store_true", help="follow the logs; exit 0 if the job succeeded, else 1")
+    submit.set_defaults(run=_cmd_submit)
+
+    for name, handler, summary in (
+        ("status", _cmd_status, "show a submitted job's status"),
+        ("logs", _cmd_logs, "print a submitted job's output"),
+        ("stop", _cmd_stop, "stop a submitted job"),
+    ):
+        sub = commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+        sub.add_argument("job_id", metavar="JOB_ID", help="the id `masklet submit` printed")
+        _add_address_argument(sub)
+        if name == "logs":
+            sub.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+        sub.set_defaults(run=handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +265,35 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("config", metavar="CONFIG", help="YAML config (any fsspec URI)")
     config.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. workers.count=2")
     config.set_defaults(run=_cmd_config)
+
+    filt = commands.add_parser(
+        "filter",
+        help="apply new quality thresholds to an output, without the GPU",
+        description="Re-decide kept / reject_reason of every masklet of IN_URI with new thresholds and write the "
+        "shards to OUT_URI (same layout; the SA-V JSON holds the newly kept masklets). Thresholds start from "
+        "IN_URI/job.json's filters when there is one, else the defaults.",
+    )
+    filt.add_argument("in_uri", metavar="IN_URI", help="an output root (any fsspec URI)")
+    filt.add_argument("out_uri", metavar="OUT_URI", help="where the re-filtered shards go")
+    filt.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="thresholds, e.g. min_stability_mean=0.9")
+    filt.set_defaults(run=_cmd_filter)
+
+    sample = commands.add_parser(
+        "sample",
+        help="keep the most-edited (or random) masklets of an output",
+        description="Keep a subset of the kept masklets of IN_URI, across all its shards, and write the shards "
+        "to OUT_URI; the others become kept=false, reject_reason=not_sampled. --by edits: most edits first "
+        "(ties: higher stability_mean, then video_key, masklet_id); --by random: a seeded random subset.",
+    )
+    sample.add_argument("in_uri", metavar="IN_URI", help="an output root (any fsspec URI)")
+    sample.add_argument("out_uri", metavar="OUT_URI", help="where the sampled shards go")
+    sample.add_argument("--by", choices=("edits", "random"), default="edits", help="selection order (default edits)")
+    size = sample.add_mutually_exclusive_group(required=True)
+    size.add_argument("--top-k", type=int, help="keep this many masklets")
+    size.add_argument("--fraction", type=float, help="keep this fraction of the kept masklets (rounded half up)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed for --by random (default 0)")
+    sample.set_defaults(run=_cmd_sample)
+    _add_job_commands(commands)
     return parser
 
 

@@ -1,0 +1,141 @@
+"""What `masklet run` decides before Ray starts, and how progress is shown; no Ray here."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from jobs_helpers import write_config
+
+from masklet.cli import main
+from masklet.config import load_config, validate_config
+from masklet.jobs.cluster import Cluster, ClusterError, plan_layout
+from masklet.jobs.manifest import JobConflict, JobRecord, claim_output, job_hash, read_job
+from masklet.jobs.progress import Progress
+from masklet.jobs.worker import ShardResult
+from masklet.synth.corpus import write_corpus
+
+BASE = {"source": {"uri": "in/shard-*.tar"}, "output": {"uri": "out"}}
+
+
+def _config(**sections: dict) -> dict:
+    data = json.loads(json.dumps(BASE))
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return data
+
+
+def test_job_hash_leaves_out_placement_only() -> None:
+    base = job_hash(validate_config(_config()))
+    placement = _config(
+        ray={"address": "auto", "dashboard": False, "runtime_env": {"pip": ["x"]}},
+        workers={"count": 8, "num_gpus": 0.5, "num_cpus": 4, "max_attempts": 9},
+        source={"prefetch_frames": 4},
+        output={"uri": "./out/"},
+    )
+    assert job_hash(validate_config(placement)) == base
+    for changed in (
+        _config(workers={"pipeline": "my.module:build"}),
+        _config(source={"fps": 12}),
+        _config(output={"write_video": True}),
+        _config(model={"name": "sam2.1_hiera_s"}),
+    ):
+        assert job_hash(validate_config(changed)) != base
+
+
+def test_output_root_of_another_job_is_refused_unless_forced(tmp_path: Path) -> None:
+    first = validate_config(_config())
+    second = validate_config(_config(source={"fps": 12}))
+    root = str(tmp_path / "out")
+    assert claim_output(root, JobRecord.for_config(first, None), force=False) == "new"
+    assert claim_output(root, JobRecord.for_config(first, None), force=False) == "resume"
+    with pytest.raises(JobConflict, match=r"settings changed: source\.fps.*--force"):
+        claim_output(root, JobRecord.for_config(second, None), force=False)
+    with pytest.raises(JobConflict, match="the checkpoint changed"):
+        claim_output(root, JobRecord.for_config(first, "ab" * 32), force=False)
+    assert claim_output(root, JobRecord.for_config(second, None), force=True) == "forced"
+    job = read_job(root)
+    assert job["config_hash"] == job_hash(second)
+    assert [h["config_hash"] for h in job["history"]] == [job_hash(first)]
+
+
+def test_run_refuses_before_any_work_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "corpus"
+    write_corpus(str(corpus), videos=1, per_shard=1, seed=0, width=64, height=48, frames=2, fps=24.0)
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "job.yaml", f"{corpus}/shard-*.tar", out)
+    cases = [
+        ([str(tmp_path / "nothing.yaml")], "config file"),
+        ([str(config), f"source.uri={tmp_path}/missing/*.tar"], "no .tar files match"),
+        ([str(config), "workers.pipeline=no_such_module:build"], "cannot import 'no_such_module'"),
+        ([str(config), "workers.pipeline=jobs_plugins:no_such_factory"], "has no function 'no_such_factory'"),
+        ([str(config), "source.format=frames", f"source.uri={corpus}", "output.write_video=true"], "write_video"),
+        ([str(config), "model.checkpoint=" + str(tmp_path / "missing.pt")], "missing.pt"),
+        (["--config-json", "[1]"], "must be a JSON object"),
+    ]
+    for args, message in cases:
+        assert main(["run", *args]) == 2, args
+        assert message in capsys.readouterr().err, args
+    claim_output(str(out), JobRecord.for_config(load_config(str(config), ["source.fps=12"]), None), force=False)
+    assert main(["run", str(config)]) == 2
+    assert "holds the outputs of another job (settings changed: source.fps" in capsys.readouterr().err
+
+
+def test_layout_one_worker_per_gpu_or_per_cpu_slot() -> None:
+    workers = validate_config(_config()).workers
+    gpus = Cluster(False, "cluster", {"CPU": 32.0, "GPU": 4.0})
+    cpus = Cluster(True, "laptop", {"CPU": 8.0})
+    assert (plan_layout(workers, gpus, pending=100).count, plan_layout(workers, gpus, pending=100).num_gpus) == (4, 1)
+    assert plan_layout(workers, gpus, pending=3).count == 3
+    assert (plan_layout(workers, cpus, pending=100).count, plan_layout(workers, cpus, pending=100).num_gpus) == (8, 0)
+    half = validate_config(_config(workers={"num_gpus": 0.5})).workers
+    assert plan_layout(half, gpus, pending=100).count == 8
+    with pytest.raises(ClusterError, match="1 GPU per worker, the cluster has 0"):
+        plan_layout(validate_config(_config(workers={"num_gpus": 1})).workers, cpus, pending=1)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _result(shard: str, worker: str, frames: int, failed: int = 0) -> ShardResult:
+    counts = {"videos": 2, "videos_error": failed, "frames_processed": frames, "masklets": 3, "masklets_kept": 2}
+    errors = [("bad", "VideoDecodeError", "truncated")] * failed
+    return ShardResult(shard, 1, worker, counts, {"wall": 1.0}, errors)
+
+
+def test_progress_live_line_on_a_terminal_and_log_lines_elsewhere(tmp_path: Path) -> None:
+    terminal = _Terminal()
+    progress = Progress(str(tmp_path), "run", "hash", total=4, skipped=1, out=terminal)
+    progress.worker_update("w0", {"shard_id": "s1", "videos": 1, "frames": 6, "masklets": 2, "masklets_kept": 1})
+    progress.tick()
+    assert terminal.getvalue().startswith("\r\x1b[K")
+    assert (
+        "shards 1/4 | videos 1 ok | 6 frames" in terminal.getvalue() and "masklets 1 kept of 2" in terminal.getvalue()
+    )
+    progress.shard_done(_result("s1", "w0", frames=12, failed=1))
+    progress.shard_failed("s2", 3, "worker w1 died")
+    assert "\r\x1b[Kshard s2 failed after 3 attempt(s): worker w1 died\n" in terminal.getvalue()
+
+    plain = io.StringIO()
+    logged = Progress(str(tmp_path / "other"), "run", "hash", total=2, skipped=0, out=plain, log_every=3600)
+    logged.tick()
+    logged.tick()  # within log_every: no second line
+    assert plain.getvalue().count("\n") == 1 and "\r" not in plain.getvalue()
+    assert plain.getvalue().startswith("[0:00:00] shards 0/2 | videos 0 ok")
+
+    saved = json.loads((tmp_path / "progress.json").read_text())
+    assert saved["state"] == "running"
+    assert saved["shards"] == {"total": 4, "skipped": 1, "done": 1, "failed": 1, "running": 0, "pending": 1}
+    assert saved["videos"] == {"ok": 1, "failed": 1} and saved["frames"] == 12
+    assert saved["failed_shards"] == [{"shard_id": "s2", "attempts": 3, "error": "worker w1 died"}]
+    assert saved["failed_videos"] == [{"shard_id": "s1", "video_key": "bad", "error": "VideoDecodeError: truncated"}]
+
+
+def test_config_command_prints_the_job_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    config = Path(__file__).parents[1] / "configs/demo.yaml"
+    assert main(["config", str(config)]) == 0
+    assert f"# job hash: {job_hash(load_config(str(config)))}" in capsys.readouterr().out
