@@ -5,7 +5,6 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 CONSTRAINTS := requirements/dev-constraints.txt
 BIN := $(VENV)/bin
-DEMO_DIR ?= demo-output
 
 .PHONY: demo test lint install dev-install clean
 
@@ -32,9 +31,11 @@ test: lint
 	$(BIN)/pytest -q
 
 demo: install
-	$(BIN)/masklet synth $(DEMO_DIR)/corpus --videos 8 --per-shard 4 --seed 0
-	@echo "The sample corpus is in $(DEMO_DIR)/corpus."
-	@echo "The auto-labelling job (masklet run) is not built yet, so the demo stops after the corpus."
+	$(BIN)/masklet synth demo-output/corpus --videos 8 --per-shard 4 --seed 0
+	$(BIN)/masklet run configs/demo.yaml
+	@echo "Corpus: demo-output/corpus   masklets: demo-output/masklets (see docs/output-schema.md)"
+	@echo "No trained weights ship with masklet yet: the demo model has seeded random weights and finds few"
+	@echo "or no objects. For real masklets: $(BIN)/masklet run configs/demo.yaml model.checkpoint=PATH_OR_URI"
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
