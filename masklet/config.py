@@ -27,6 +27,18 @@ MODEL_PRESETS = (
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
+# Settings that only place the work (which Ray, how many workers of what size, retries, decode
+# read-ahead, how the output root is spelt): they leave the outputs as they are.
+PLACEMENT = (
+    "ray",
+    "workers.count",
+    "workers.num_gpus",
+    "workers.num_cpus",
+    "workers.max_attempts",
+    "source.prefetch_frames",
+    "output.uri",
+)
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names every key at fault."""
@@ -184,8 +196,17 @@ class JobConfig(_Section):
         return self
 
     def content_hash(self) -> str:
-        """A stable hash of every setting, recorded with outputs so a resume can detect a change."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """sha256 of every setting that decides the outputs (canonical JSON), recorded in job.json, every
+        output row and every done marker, so a resume can refuse a mix. `PLACEMENT` settings are left
+        out: a job started on a laptop can be resumed on a cluster with more workers."""
+        data = self.model_dump(mode="json")
+        for dotted in PLACEMENT:
+            *parents, leaf = dotted.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            node.pop(leaf)
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

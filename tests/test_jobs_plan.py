@@ -12,7 +12,7 @@ from jobs_helpers import write_config
 from masklet.cli import main
 from masklet.config import load_config, validate_config
 from masklet.jobs.cluster import Cluster, ClusterError, plan_layout
-from masklet.jobs.manifest import JobConflict, JobRecord, claim_output, job_hash, read_job
+from masklet.jobs.manifest import JobConflict, JobRecord, claim_output, read_job
 from masklet.jobs.progress import Progress
 from masklet.jobs.worker import ShardResult
 from masklet.synth.corpus import write_corpus
@@ -27,22 +27,22 @@ def _config(**sections: dict) -> dict:
     return data
 
 
-def test_job_hash_leaves_out_placement_only() -> None:
-    base = job_hash(validate_config(_config()))
+def test_config_hash_leaves_out_placement_only() -> None:
+    base = validate_config(_config()).content_hash()
     placement = _config(
         ray={"address": "auto", "dashboard": False, "runtime_env": {"pip": ["x"]}},
         workers={"count": 8, "num_gpus": 0.5, "num_cpus": 4, "max_attempts": 9},
         source={"prefetch_frames": 4},
         output={"uri": "./out/"},
     )
-    assert job_hash(validate_config(placement)) == base
+    assert validate_config(placement).content_hash() == base
     for changed in (
         _config(workers={"pipeline": "my.module:build"}),
         _config(source={"fps": 12}),
         _config(output={"write_video": True}),
         _config(model={"name": "sam2.1_hiera_s"}),
     ):
-        assert job_hash(validate_config(changed)) != base
+        assert validate_config(changed).content_hash() != base
 
 
 def test_output_root_of_another_job_is_refused_unless_forced(tmp_path: Path) -> None:
@@ -57,8 +57,8 @@ def test_output_root_of_another_job_is_refused_unless_forced(tmp_path: Path) -> 
         claim_output(root, JobRecord.for_config(first, "ab" * 32), force=False)
     assert claim_output(root, JobRecord.for_config(second, None), force=True) == "forced"
     job = read_job(root)
-    assert job["config_hash"] == job_hash(second)
-    assert [h["config_hash"] for h in job["history"]] == [job_hash(first)]
+    assert job["config_hash"] == second.content_hash()
+    assert [h["config_hash"] for h in job["history"]] == [first.content_hash()]
 
 
 def test_run_refuses_before_any_work_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -135,7 +135,7 @@ def test_progress_live_line_on_a_terminal_and_log_lines_elsewhere(tmp_path: Path
     assert saved["failed_videos"] == [{"shard_id": "s1", "video_key": "bad", "error": "VideoDecodeError: truncated"}]
 
 
-def test_config_command_prints_the_job_hash(capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_command_prints_the_config_hash(capsys: pytest.CaptureFixture[str]) -> None:
     config = Path(__file__).parents[1] / "configs/demo.yaml"
     assert main(["config", str(config)]) == 0
-    assert f"# job hash: {job_hash(load_config(str(config)))}" in capsys.readouterr().out
+    assert f"# config hash: {load_config(str(config)).content_hash()} " in capsys.readouterr().out

@@ -1,50 +1,25 @@
 """`job.json` in the output root: what produced the outputs there, so a resume can refuse a mix.
 
-The job hash covers every setting that decides the outputs. Settings that only place the work
-(`PLACEMENT`: which Ray, how many workers of what size, retries, decode read-ahead, and how the
-output root is spelt) are left out, so a job started on a laptop can be resumed on a cluster with
-more workers. The same hash is written in every row (`config_hash`) and in every `_done` marker.
+The job hash is `JobConfig.content_hash()`: every setting that decides the outputs, placement
+left out. The same hash is written in every row (`config_hash`) and in every `_done` marker.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from masklet import __version__
-from masklet.config import JobConfig
+from masklet.config import PLACEMENT, JobConfig
 from masklet.io import storage
 
 JOB_FILE = "job.json"
-PLACEMENT = (
-    "ray",
-    "workers.count",
-    "workers.num_gpus",
-    "workers.num_cpus",
-    "workers.max_attempts",
-    "source.prefetch_frames",
-    "output.uri",
-)
 
 
 class JobConflict(ValueError):
     """The output root holds the outputs of a different job."""
-
-
-def job_hash(config: JobConfig) -> str:
-    """sha256 of the config without its PLACEMENT settings (canonical JSON)."""
-    data = config.model_dump(mode="json")
-    for dotted in PLACEMENT:
-        *parents, leaf = dotted.split(".")
-        node = data
-        for part in parents:
-            node = node[part]
-        node.pop(leaf)
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -63,7 +38,7 @@ class JobRecord:
     @classmethod
     def for_config(cls, config: JobConfig, checkpoint_sha256: str | None) -> JobRecord:
         return cls(
-            config_hash=job_hash(config),
+            config_hash=config.content_hash(),
             model=config.model.name,
             checkpoint=config.model.checkpoint,
             checkpoint_sha256=checkpoint_sha256,
