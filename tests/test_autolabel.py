@@ -7,7 +7,6 @@ frame 1, object 2 leaves on frames 2-5 and comes back on frame 6.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +21,7 @@ from masklet.io.schema import MaskletRecord
 from masklet.jobs.pipeline_registry import factory_path, load_factory
 from masklet.pipelines.autolabel import AutoLabeler, match
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(

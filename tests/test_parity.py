@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -45,13 +44,7 @@ STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 pytestmark = pytest.mark.skipif(not (FIXTURES / "inputs.pt").exists(), reason="parity fixtures not generated")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The models are tiny: one thread is many times faster than several fighting over cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def spec_from_fixture(flag_set: str) -> ModelSpec:

@@ -7,7 +7,6 @@ Scene as in test_autolabel: GT objects 1 and 2 on frame 0, object 0 from frame 1
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +21,7 @@ from masklet.jobs.pipeline_registry import factory_path, load_factory
 from masklet.pipelines.prompted import track_prompts
 from masklet.pipelines.prompts import PromptError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def inside(truth: Truth, t: int, gt: int) -> list[float]:

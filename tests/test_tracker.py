@@ -7,7 +7,7 @@ memory that stays bounded, and the prompt API.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -23,13 +23,7 @@ HW = (48, 64)
 FP32 = {"memory_dtype": torch.float32}  # exact comparisons between trackers (no bfloat16 rounding ties)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The model is tiny: one thread is many times faster than several fighting over cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
