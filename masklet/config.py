@@ -37,6 +37,7 @@ PLACEMENT = (
     "workers.max_attempts",
     "source.prefetch_frames",
     "output.uri",
+    "storage",
 )
 
 
@@ -188,6 +189,20 @@ class JobConfig(_Section):
     output: OutputConfig
     ray: RayConfig = RayConfig()
     workers: WorkersConfig = WorkersConfig()
+    storage: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="fsspec arguments per protocol for every process of the job, e.g. "
+        "{s3: {endpoint_url: 'http://minio:9000'}}; keep credentials in the environment, not here",
+    )
+
+    @field_validator("storage")
+    @classmethod
+    def _known_protocols(cls, storage: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        known = set(fsspec.available_protocols())
+        unknown = sorted(set(storage) - known)
+        if unknown:
+            raise ValueError(f"unknown storage protocol {', '.join(unknown)}; expected fsspec protocols such as s3, gs")
+        return storage
 
     @model_validator(mode="after")
     def _output_is_not_input(self) -> JobConfig:

@@ -43,6 +43,7 @@ def test_dotted_overrides_are_typed_by_yaml() -> None:
         ("model.sha256=abc", "model.sha256: String should match pattern"),
         ("filters.min_area_rel=0.5", "min_area_rel (0.5) must not exceed max_area_rel (0.1)"),
         ("output.uri=in/", "output.uri must differ from source.uri"),
+        ("storage.s4.endpoint_url=x", "storage: unknown storage protocol s4; expected fsspec protocols"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(override: str, expected: str) -> None:

@@ -255,17 +255,26 @@ def test_driver_killed_mid_job_then_rerun_equals_an_uninterrupted_run(
 
 
 def test_run_reads_and_writes_s3(
-    local_ray: None, s3_bucket: str, s3_endpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    local_ray: None,
+    s3_bucket: str,
+    s3_endpoint: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Corpus and outputs on an S3 endpoint; the workers get its credentials through ray.runtime_env."""
+    """Corpus and outputs on an S3 endpoint named in the config's storage section (no AWS_ENDPOINT_URL);
+    the workers get the credentials through ray.runtime_env."""
     write_corpus(f"s3://{s3_bucket}/corpus", videos=4, per_shard=2, seed=3, width=64, height=48, frames=6, fps=24.0)
     aws = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setattr(fsspec.config, "conf", {})  # what the job configures stays in this test
     out = f"s3://{s3_bucket}/out"
     config = write_config(
         tmp_path / "job.yaml",
         f"s3://{s3_bucket}/corpus",
         out,
-        ray={"runtime_env": {"env_vars": {**aws, "AWS_ENDPOINT_URL": s3_endpoint}}},
+        ray={"runtime_env": {"env_vars": aws}},
+        storage={"s3": {"endpoint_url": s3_endpoint}},
     )
     assert main(["run", str(config)]) == 0
     printed = capsys.readouterr().out

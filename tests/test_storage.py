@@ -11,6 +11,7 @@ from s3fs.errors import translate_boto_error
 from masklet.io.storage import (
     RetryPolicy,
     StorageError,
+    configure,
     ensure_writable_dir,
     is_transient,
     put_file,
@@ -119,11 +120,18 @@ def test_missing_bucket_fails_fast_naming_the_uri(s3_bucket: str, monkeypatch: p
     assert fsspec.filesystem("s3").ls(s3_bucket, refresh=True) == []
 
 
-def test_storage_options_carry_the_endpoint(s3_bucket: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_configured_endpoint_reaches_every_filesystem(
+    s3_bucket: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config's `storage` section, with no AWS_ENDPOINT_URL: our writes and any fsspec reader use it."""
     monkeypatch.delenv("AWS_ENDPOINT_URL")
-    write_bytes(f"s3://{s3_bucket}/opt.bin", b"via options", storage_options={"endpoint_url": s3_endpoint})
+    monkeypatch.setattr(fsspec.config, "conf", {})
+    configure({"s3": {"endpoint_url": s3_endpoint}})
+    write_bytes(f"s3://{s3_bucket}/opt.bin", b"via config")
     body = boto3.client("s3", endpoint_url=s3_endpoint).get_object(Bucket=s3_bucket, Key="opt.bin")["Body"].read()
-    assert body == b"via options"
+    assert body == b"via config"
+    with fsspec.open(f"s3://{s3_bucket}/opt.bin", "rb") as f:
+        assert f.read() == b"via config"
 
 
 def _client_error(code: str, status: int) -> ClientError:

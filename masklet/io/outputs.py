@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from masklet.io import storage
 from masklet.io.schema import MaskletRecord, VideoRecord
 from masklet.io.sinks import ShardWriter, list_done, shard_files
-from masklet.io.storage import RetryPolicy, StorageOptions
+from masklet.io.storage import RetryPolicy
 
 Transform = Callable[[str, list[MaskletRecord]], list[MaskletRecord]]
 _MASKLET_FIELDS = tuple(f.name for f in fields(MaskletRecord))
@@ -46,23 +46,22 @@ def read_table(
     name: str,
     *,
     columns: Sequence[str] | None = None,
-    storage_options: StorageOptions = None,
     retry: RetryPolicy | None = None,
 ) -> pa.Table:
     """`masklets` or `videos` of one shard, optionally only some columns (read by range, not whole)."""
     uri = storage.join(root, shard_files(shard_id)[name])
-    fs, path = storage.url_to_fs(uri, storage_options)
+    fs, path = storage.url_to_fs(uri)
     cols = None if columns is None else list(columns)
     return storage.call("read", uri, pq.read_table, path, filesystem=fs, columns=cols, retry=retry)
 
 
 def read_shard(
-    root: str, shard_id: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None
+    root: str, shard_id: str, *, retry: RetryPolicy | None = None
 ) -> OutputShard:
     """A committed shard's marker and rows as records."""
-    io = {"storage_options": storage_options, "retry": retry}
+    io = {"retry": retry}
     marker_uri = storage.join(root, shard_files(shard_id)["done"])
-    fs, path = storage.url_to_fs(marker_uri, storage_options)
+    fs, path = storage.url_to_fs(marker_uri)
     marker = json.loads(storage.call("read", marker_uri, fs.cat_file, path, retry=retry))
     masklets = read_table(root, shard_id, "masklets", columns=_MASKLET_FIELDS, **io).to_pylist()
     videos = read_table(root, shard_id, "videos", columns=_VIDEO_FIELDS, **io).to_pylist()
@@ -70,11 +69,11 @@ def read_shard(
 
 
 def iter_video_members(
-    root: str, shard_id: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None
+    root: str, shard_id: str, *, retry: RetryPolicy | None = None
 ) -> Iterator[tuple[str, str, bytes]]:
     """(video_key, extension, bytes) of each video in the shard's tar, streamed in tar order."""
     uri = storage.join(root, shard_files(shard_id)["wds"])
-    fs, path = storage.url_to_fs(uri, storage_options)
+    fs, path = storage.url_to_fs(uri)
     with storage.call("open", uri, fs.open, path, "rb", retry=retry) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for member in tar:
             key, _, ext = member.name.partition(".")
@@ -89,7 +88,6 @@ def rewrite_output(
     *,
     shard_ids: Sequence[str] | None = None,
     extra: Mapping[str, Any] | None = None,
-    storage_options: StorageOptions = None,
     retry: RetryPolicy | None = None,
 ) -> list[dict]:
     """Write committed shards of `in_root` to `out_root` with `transform(shard_id, masklets)`.
@@ -101,7 +99,7 @@ def rewrite_output(
     """
     if in_root.rstrip("/") == out_root.rstrip("/"):
         raise ValueError(f"the output root must differ from the input root (both {in_root!r})")
-    io = {"storage_options": storage_options, "retry": retry}
+    io = {"retry": retry}
     shard_ids = sorted(list_done(in_root, **io) if shard_ids is None else shard_ids)
     if not shard_ids:
         raise ValueError(f"{in_root!r} holds no committed shard (no {storage.join(in_root, '_done')}/*.json)")

@@ -35,7 +35,7 @@ from masklet.io.schema import (
     masklets_table,
     videos_table,
 )
-from masklet.io.storage import RetryPolicy, StagedFile, StorageError, StorageOptions
+from masklet.io.storage import RetryPolicy, StagedFile, StorageError
 
 DONE_DIR = "_done"
 # Hidden names ('.', '_') are skipped by pyarrow.dataset, so a shard id may not start with one.
@@ -112,7 +112,6 @@ class ShardWriter:
         model: str,
         config_hash: str,
         write_video: bool = False,
-        storage_options: StorageOptions = None,
         retry: RetryPolicy | None = None,
     ) -> None:
         self.output_uri = output_uri
@@ -120,7 +119,7 @@ class ShardWriter:
         self.model = model
         self.config_hash = config_hash
         self.write_video = write_video
-        self._io = {"storage_options": storage_options, "retry": retry}
+        self._io = {"retry": retry}
         self._files = shard_files(shard_id)
         self._videos: list[VideoRecord] = []
         self._masklets: list[MaskletRecord] = []
@@ -241,7 +240,7 @@ class ShardWriter:
     def _remove_marker(self) -> None:
         """A rerun's first step: until the new marker lands, the shard reads as not done."""
         uri = self._uri("done")
-        fs, path = storage.url_to_fs(uri, self._io["storage_options"])
+        fs, path = storage.url_to_fs(uri)
         retry = self._io["retry"]
         fs.invalidate_cache(posixpath.dirname(path))
         if storage.call("check", uri, fs.exists, path, retry=retry):
@@ -279,19 +278,19 @@ class ShardWriter:
 
 
 def is_done(
-    output_uri: str, shard_id: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None
+    output_uri: str, shard_id: str, *, retry: RetryPolicy | None = None
 ) -> bool:
     """Whether the shard's commit marker exists (fresh from the store, not from a listing cache)."""
     uri = storage.join(output_uri, shard_files(shard_id)["done"])
-    fs, path = storage.url_to_fs(uri, storage_options)
+    fs, path = storage.url_to_fs(uri)
     fs.invalidate_cache(posixpath.dirname(path))
     return storage.call("check", uri, fs.exists, path, retry=retry)
 
 
-def list_done(output_uri: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None) -> set[str]:
+def list_done(output_uri: str, *, retry: RetryPolicy | None = None) -> set[str]:
     """The ids of every committed shard, from one listing of `_done/` (paginated by the store)."""
     uri = storage.join(output_uri, DONE_DIR)
-    fs, path = storage.url_to_fs(uri, storage_options)
+    fs, path = storage.url_to_fs(uri)
     fs.invalidate_cache(path)
     try:
         names = storage.call("list", uri, fs.ls, path, detail=False, retry=retry)

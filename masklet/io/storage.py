@@ -9,8 +9,9 @@ Every remote call goes through `call`: transient errors (connection drops, timeo
 SlowDown/throttling) are retried with exponential backoff and jitter, on top of the retries
 botocore and s3fs already make per request; permanent ones (no such bucket, access denied, other
 4xx) fail at once as a `StorageError` naming the URI. Endpoints and credentials come from the
-environment as users set them (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) or from
-`storage_options`, the fsspec keyword arguments a config can pass down (e.g. `{"endpoint_url": ...}`).
+environment as users set them (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), or per protocol from the
+job config's `storage` section through `configure` (fsspec's own defaults mechanism, so every
+filesystem any library opens in the process gets them).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from fsspec.implementations.local import LocalFileSystem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-StorageOptions = Mapping[str, Any] | None
 
 # S3 error codes (and their HTTP statuses) that mean "try again later".
 _TRANSIENT_CODES = frozenset(
@@ -147,7 +147,7 @@ def _hint(exc: BaseException) -> str:
     if "bucket" in text.lower() and isinstance(exc, FileNotFoundError):
         return " (does the bucket exist, and is the endpoint right?)"
     if isinstance(exc, PermissionError):
-        return " (check credentials: AWS_* environment or storage_options)"
+        return " (check credentials: AWS_* environment or the config's storage section)"
     return ""
 
 
@@ -175,9 +175,19 @@ def call(op: str, uri: str, fn: Callable[..., T], *args: Any, retry: RetryPolicy
             time.sleep(wait)
 
 
-def url_to_fs(uri: str, storage_options: StorageOptions = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def configure(options: Mapping[str, Mapping[str, Any]]) -> None:
+    """Default filesystem arguments per protocol (e.g. `{"s3": {"endpoint_url": ...}}`) for this process.
+
+    Goes through `fsspec.config.conf`, so the arguments reach every filesystem opened afterwards,
+    by masklet or by any library; explicit arguments still win. Call it in every process of a job.
+    """
+    for protocol, kwargs in options.items():
+        fsspec.config.conf.setdefault(protocol, {}).update(kwargs)
+
+
+def url_to_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and the path inside it for a URI or plain path."""
-    return fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    return fsspec.core.url_to_fs(uri)
 
 
 def join(uri: str, *parts: str) -> str:
@@ -189,14 +199,14 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def ensure_writable_dir(uri: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None) -> None:
+def ensure_writable_dir(uri: str, *, retry: RetryPolicy | None = None) -> None:
     """Check that a job can write under `uri` before it does any work.
 
     Local: create the directory and check its permissions. Remote: stores have no directories,
     so write and delete a small probe object, which surfaces a missing bucket, a wrong endpoint
     or denied access as a StorageError naming the URI.
     """
-    fs, path = url_to_fs(uri, storage_options)
+    fs, path = url_to_fs(uri)
     if not is_local(fs):
         probe = join(path, f".masklet-probe-{uuid.uuid4().hex}")
         call("write to", uri, fs.pipe_file, probe, b"", retry=retry)
@@ -214,7 +224,6 @@ def put_file(
     local_path: str,
     uri: str,
     *,
-    storage_options: StorageOptions = None,
     retry: RetryPolicy | None = None,
     **put_kwargs: Any,
 ) -> None:
@@ -223,7 +232,7 @@ def put_file(
     `put_kwargs` go to the filesystem's put_file, e.g. s3fs's `chunksize` (multipart part size;
     files of at least twice that go multipart, default 50 MiB parts).
     """
-    fs, path = url_to_fs(uri, storage_options)
+    fs, path = url_to_fs(uri)
     call("upload to", uri, fs.put_file, local_path, path, retry=retry, **put_kwargs)
 
 
@@ -235,9 +244,9 @@ class StagedFile:
     remote ones in the temp directory.
     """
 
-    def __init__(self, uri: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, uri: str, *, retry: RetryPolicy | None = None) -> None:
         self.uri = uri
-        self._fs, self._path = url_to_fs(uri, storage_options)
+        self._fs, self._path = url_to_fs(uri)
         self._retry = retry
         if is_local(self._fs):
             parent = os.path.dirname(os.path.abspath(self._path))
@@ -264,9 +273,9 @@ class StagedFile:
 
 
 @contextlib.contextmanager
-def staged_file(uri: str, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None) -> Iterator[str]:
+def staged_file(uri: str, *, retry: RetryPolicy | None = None) -> Iterator[str]:
     """Yield a local path to write; on clean exit publish it at `uri` atomically, else discard it."""
-    staged = StagedFile(uri, storage_options=storage_options, retry=retry)
+    staged = StagedFile(uri, retry=retry)
     try:
         yield staged.path
     except BaseException:
@@ -275,9 +284,7 @@ def staged_file(uri: str, *, storage_options: StorageOptions = None, retry: Retr
     staged.publish()
 
 
-def write_bytes(
-    uri: str, data: bytes, *, storage_options: StorageOptions = None, retry: RetryPolicy | None = None
-) -> None:
+def write_bytes(uri: str, data: bytes, *, retry: RetryPolicy | None = None) -> None:
     """Write `data` to `uri` atomically."""
-    with staged_file(uri, storage_options=storage_options, retry=retry) as stage, open(stage, "wb") as f:
+    with staged_file(uri, retry=retry) as stage, open(stage, "wb") as f:
         f.write(data)

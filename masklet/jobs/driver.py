@@ -64,6 +64,7 @@ def plan_job(config: JobConfig, *, force: bool = False) -> JobPlan:
         raise JobSetupError("output.write_video needs encoded videos; frame folders (source.format=frames) have none")
     factory = factory_path(config)
     load_factory(factory)
+    storage.configure(config.storage)
     shards = list_shards(config.source)
     storage.ensure_writable_dir(config.output.uri)
     done = list_done(config.output.uri) & {s.id for s in shards}

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from masklet.config import JobConfig
+from masklet.io import storage
 from masklet.io.schema import MaskletRecord, VideoRecord
 from masklet.io.sinks import ShardWriter
 from masklet.io.sources import Shard, VideoError, VideoInput, iter_videos, sanitize_key
@@ -122,6 +123,7 @@ class ShardWorker:
         self, config: JobConfig, *, name: str, job_hash: str, checkpoint_sha256: str | None, run_id: str
     ) -> None:
         self.config, self.name, self.job_hash, self.run_id = config, name, job_hash, run_id
+        storage.configure(config.storage)
         self.device = resolve_device(config.model.device)
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(config.workers.num_cpus)))
