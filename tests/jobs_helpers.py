@@ -17,10 +17,10 @@ TESTS = Path(__file__).parent
 TIMING_COLUMNS = ("decode_seconds", "model_seconds", "total_seconds")
 
 
-def write_config(path: Path, source: str, output: Path, **sections: dict[str, Any]) -> Path:
+def write_config(path: Path, source_uri: str, output: Path, **sections: dict[str, Any]) -> Path:
     """A job on the test corpus with the ground-truth test pipeline; `sections` are merged in."""
     config: dict[str, Any] = {
-        "source": {"uri": source, "fps": None},
+        "source": {"uri": source_uri, "fps": None},
         "output": {"uri": str(output)},
         "ray": {"dashboard": False},
         "workers": {"count": 2, "pipeline": "jobs_plugins:ground_truth"},

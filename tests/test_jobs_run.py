@@ -299,3 +299,51 @@ def test_run_reads_and_writes_s3(
     ]
     assert main(["run", str(config)]) == 0
     assert "nothing to do: all 2 shards are done" in capsys.readouterr().out
+
+
+def test_real_pipeline_end_to_end_on_s3(
+    local_ray: None,
+    s3_bucket: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The built-in automatic pipeline with a real (tiny preset, random weights) model and 2 workers,
+    corpus and outputs on S3; thresholds off so random weights still give masklets to check."""
+    from pycocotools import mask as coco
+
+    from masklet.io.outputs import read_shard
+
+    write_corpus(f"s3://{s3_bucket}/corpus", videos=4, per_shard=2, seed=5, width=64, height=48, frames=8, fps=24.0)
+    env = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    out = f"s3://{s3_bucket}/out"
+    config = write_config(
+        tmp_path / "job.yaml",
+        f"s3://{s3_bucket}/corpus",
+        out,
+        source={"fps": 6},
+        model={"name": "sam2.1_hiera_t", "image_size": 128},
+        pipeline={"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "max_objects": 4},
+        workers={"pipeline": None},
+        ray={"runtime_env": {"env_vars": {**env, "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]}}},
+    )
+    assert main(["run", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert "pipeline: auto (masklet.pipelines.autolabel:build_pipeline)" in printed
+    assert "shards:   2 done, 0 failed" in printed and "videos:   4 ok, 0 failed" in printed
+    assert list_done(out) == {"shard-000000", "shard-000001"}
+    masklets = 0
+    for shard_id in ("shard-000000", "shard-000001"):
+        shard = read_shard(out, shard_id)
+        assert [v.status for v in shard.videos] == ["ok", "ok"]
+        for record in shard.masklets:
+            masklets += 1
+            assert (record.height, record.width) == (48, 64)
+            assert set(record.frame_indices) <= {0, 4}  # 8 frames at 24 fps annotated at 6 fps
+            for counts in record.rle:
+                if counts:
+                    mask = coco.decode({"size": [48, 64], "counts": counts.encode()})
+                    assert mask.shape == (48, 64) and mask.any()
+    assert masklets > 0
+    assert main(["run", str(config)]) == 0
+    assert "nothing to do: all 2 shards are done" in capsys.readouterr().out

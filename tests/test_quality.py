@@ -7,8 +7,6 @@ from masklet.io import rle
 from masklet.pipelines.mask_ops import stability_score
 from masklet.pipelines.quality import MaskletSequences, frame_quality
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
-
 
 def official_stability(masks: torch.Tensor, mask_threshold: float, threshold_offset: float) -> torch.Tensor:
     """sam2.utils.amg.calculate_stability_score (sam2 1.1.0), verbatim."""

@@ -12,7 +12,6 @@ from hypothesis.extra import numpy as hnp
 from masklet.io import rle
 
 # pycocotools' Cython decode predates numpy 2's __array__(copy=...) protocol and warns on every call.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy")
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BIG = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,7 +10,6 @@ import pytest
 from masklet.io import rle, sav
 
 mask_util = pytest.importorskip("pycocotools.mask")
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 
 H, W = 12, 10
 

@@ -18,8 +18,6 @@ from masklet.io.schema import (
 )
 from masklet.io.sinks import ShardWriter, is_done, list_done
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
-
 H, W = 17, 33  # odd sizes catch row/column-major slips
 # original key -> tar-safe key (as masklet.io.sources.sanitize_key makes them)
 KEYS = {"vid-0": "vid-0", "clips/a.b..c d": "clips_a_b__c_d-8c1d6b0e"}

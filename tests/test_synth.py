@@ -20,7 +20,6 @@ from masklet.synth import corpus
 from masklet.synth.scene import EVENTS, Scene, make_scene
 
 mask_util = pytest.importorskip("pycocotools.mask")
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 
 ARGS = {"videos": 5, "per_shard": 2, "seed": 7, "width": 64, "height": 48, "frames": 12, "fps": 24}
 
