@@ -1,0 +1,117 @@
+"""Shared pieces of the benchmarks against the official `sam2` package (never imported by masklet).
+
+- `official_weights`: an official SAM 2.1 model built with `build_sam2` (or the video builder) from its
+  packaged config and no checkpoint, then given seeded random weights with the recipe of
+  tests/parity/make_fixtures.py (without its object-score calibration). Its state dict is what both
+  sides load: the official model with `load_state_dict`, ours strictly through `masklet.model`.
+- `run_worker`: each measured configuration runs in a fresh subprocess (the same script with
+  `--worker`), so that `ru_maxrss` is the peak of that configuration alone. Both packages are imported
+  by every process (the script imports both at the top), so import costs are the same on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+OFFICIAL_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+OUR_PRESET = "sam2.1_hiera_t"
+# output layers scaled up so that mask logits and object scores sit away from 0 (make_fixtures.GAINS)
+GAINS = {
+    r"sam_mask_decoder\.output_hypernetworks_mlps\.\d+\.layers\.2\.weight": 10.0,
+    r"sam_mask_decoder\.pred_obj_score_head\.layers\.2\.weight": 30.0,
+}
+
+
+def build_official(kind: str, image_size: int, device: str = "cpu") -> torch.nn.Module:
+    """The official tiny SAM 2.1 without a checkpoint: kind "image" (`build_sam2`) or "video"
+    (`build_sam2_video_predictor`), at `image_size`, in eval mode."""
+    from sam2.build_sam import build_sam2, build_sam2_video_predictor
+
+    overrides = [] if image_size == 1024 else [f"++model.image_size={image_size}"]
+    builder = build_sam2 if kind == "image" else build_sam2_video_predictor
+    return builder(OFFICIAL_CONFIG, ckpt_path=None, device=device, mode="eval", hydra_overrides_extra=overrides)
+
+
+@torch.no_grad()
+def official_weights(seed: int, image_size: int) -> dict[str, torch.Tensor]:
+    """Seeded random weights of the official tiny model (make_fixtures.py's recipe), on CPU, fp32."""
+    from sam2.modeling.sam2_utils import LayerNorm2d
+
+    torch.manual_seed(seed)
+    model = build_official("image", image_size)
+    g = torch.Generator().manual_seed(seed)
+    norms = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.LayerNorm, LayerNorm2d))}
+    for name, p in model.named_parameters():
+        n = torch.randn(p.shape, generator=g)
+        if id(p) in norms:
+            p.copy_(1 + 0.1 * n)
+        elif p.dim() == 1:
+            p.copy_(0.1 * n)
+        else:
+            gain = next((v for k, v in GAINS.items() if re.fullmatch(k, name)), 1.0)
+            p.copy_(gain * n / math.sqrt(p[0].numel()))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def load_official(kind: str, state_path: str, image_size: int, device: str) -> torch.nn.Module:
+    model = build_official(kind, image_size, device)
+    model.load_state_dict(torch.load(state_path, weights_only=True), strict=True)
+    return model.eval()
+
+
+def load_ours(state_path: str, image_size: int, device: str) -> torch.nn.Module:
+    """Ours, loaded strictly from the official state dict (as `load_checkpoint` does)."""
+    from masklet.model import build_model
+
+    model = build_model(OUR_PRESET, image_size=image_size, device=device)
+    model.load_state_dict(torch.load(state_path, weights_only=True, map_location=device), strict=True)
+    return model.eval()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(script: str, args: list[str], timeout: float | None = None) -> dict[str, Any]:
+    """Run `script --worker ARGS` in a fresh interpreter; its last stdout line is a JSON result."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, script, "--worker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {args} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_seconds"] = time.perf_counter() - start
+    return result
+
+
+def load_line() -> str:
+    """The machine's load averages (1, 5, 15 min) and core count, for the record."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
