@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from masklet.model.position import apply_rope
+from masklet.model.position import rotate_
 
 
 class MLP(nn.Module):
@@ -94,24 +94,25 @@ class Attention(nn.Module):
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        rope: tuple[Tensor, Tensor] | None = None,
+        rope: Tensor | None = None,
         num_k_exclude_rope: int = 0,
         key_mask: Tensor | None = None,
     ) -> Tensor:
         """q [B, Nq, dim], k/v [B, Nk, kv_dim] -> [B, Nq, dim].
 
-        `rope` is a (cos, sin) table for the Nq query positions (keys reuse it, tiled once per memory
-        frame). `key_mask` [B, Nk] (True = attend) lets objects with fewer memories share a batch.
+        `rope` is a complex RoPE table [Nq, head_dim // 2] (`rope_freqs`) for the Nq query positions
+        (keys reuse it once per memory frame). `key_mask` [B, Nk] (True = attend) lets objects with
+        fewer memories share a batch.
         """
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
         v = self._heads(self.v_proj(v))
         if rope is not None:
-            cos, sin = rope
-            q = apply_rope(q, cos, sin)
+            # q and k are fresh projections, so they can be rotated in place (no concatenation)
+            rotate_(q, rope)
             num_rope = k.shape[-2] - num_k_exclude_rope
             if num_rope > 0:
-                k = torch.cat([apply_rope(k[:, :, :num_rope], cos, sin), k[:, :, num_rope:]], dim=2)
+                rotate_(k[:, :, :num_rope], rope)
         mask = None if key_mask is None else key_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         b, h, n, c = out.shape

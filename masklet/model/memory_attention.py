@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from masklet.model.layers import Attention
-from masklet.model.position import axial_rope_table
+from masklet.model.position import axial_rope_table, rope_freqs
 
 INPUT_POS_SCALE = 0.1
 
@@ -36,16 +36,18 @@ class MemoryAttentionLayer(nn.Module):
         self,
         tgt: Tensor,
         memory: Tensor,
-        memory_pos: Tensor,
-        rope: tuple[Tensor, Tensor],
+        memory_keys: Tensor,
+        rope: Tensor,
         num_obj_ptr_tokens: int,
         memory_mask: Tensor | None,
     ) -> Tensor:
+        """`memory_keys` is memory + memory_pos. A `tgt` of batch 1 (the same frame for every object)
+        runs self-attention once and is broadcast to the memory's batch for the cross-attention."""
         x = self.norm1(tgt)
         tgt = tgt + self.self_attn(x, x, x, rope=rope)
-        x = self.norm2(tgt)
+        x = self.norm2(tgt).expand(memory.shape[0], -1, -1)
         tgt = tgt + self.cross_attn_image(
-            x, memory + memory_pos, memory, rope=rope, num_k_exclude_rope=num_obj_ptr_tokens, key_mask=memory_mask
+            x, memory_keys, memory, rope=rope, num_k_exclude_rope=num_obj_ptr_tokens, key_mask=memory_mask
         )
         x = self.norm3(tgt)
         return tgt + self.linear2(F.relu(self.linear1(x)))
@@ -62,14 +64,14 @@ class MemoryAttention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.rope_dim = dim // num_heads
         self.rope_theta = rope_theta
-        self._rope_cache: dict[tuple[int, int, torch.device], tuple[Tensor, Tensor]] = {}
+        self._rope_cache: dict[tuple[int, int, torch.device], Tensor] = {}
 
-    def _rope(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    def _rope(self, h: int, w: int, device: torch.device) -> Tensor:
         key = (h, w, device)
         table = self._rope_cache.get(key)
         if table is None:
-            cos, sin = axial_rope_table(self.rope_dim, h, w, self.rope_theta)
-            table = self._rope_cache[key] = (cos.to(device), sin.to(device))
+            table = rope_freqs(*axial_rope_table(self.rope_dim, h, w, self.rope_theta)).to(device)
+            self._rope_cache[key] = table
         return table
 
     def forward(
@@ -82,15 +84,17 @@ class MemoryAttention(nn.Module):
         num_obj_ptr_tokens: int = 0,
         memory_mask: Tensor | None = None,
     ) -> Tensor:
-        """curr/curr_pos [B, h*w, C] (row-major tokens of an h x w map), memory/memory_pos [B, M, mem_dim]
+        """curr/curr_pos [B or 1, h*w, C] (row-major tokens of an h x w map), memory/memory_pos [B, M, mem_dim]
         whose last `num_obj_ptr_tokens` tokens are object pointers -> [B, h*w, C].
 
         The M - num_obj_ptr_tokens spatial tokens must be whole frames of h*w tokens. `memory_mask`
         [B, M] (True = real token) marks padding when objects with different memory lengths share a
-        batch; padding must not change any real token's position in the layout above.
+        batch; padding must not change any real token's position in the layout above. A frame of batch 1
+        is shared by all B objects (computed once until the first cross-attention).
         """
         rope = self._rope(feat_size[0], feat_size[1], curr.device)
         out = curr + INPUT_POS_SCALE * curr_pos
+        memory_keys = memory + memory_pos  # the same in every layer
         for layer in self.layers:
-            out = layer(out, memory, memory_pos, rope, num_obj_ptr_tokens, memory_mask)
+            out = layer(out, memory, memory_keys, rope, num_obj_ptr_tokens, memory_mask)
         return self.norm(out)

@@ -111,18 +111,25 @@ def axial_rope_table(dim: int, h: int, w: int, theta: float = 10000.0) -> tuple[
     return torch.cos(angles), torch.sin(angles)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate adjacent channel pairs of x [..., M, d] by the table; M may be a multiple of the table's
-    length, in which case the table is tiled (every memory frame gets the same spatial positions).
+def rope_freqs(cos: Tensor, sin: Tensor) -> Tensor:
+    """A (cos, sin) table as the unit complex numbers [M, d // 2] that `rotate_` multiplies by."""
+    return torch.complex(cos, sin)
 
-    Computed in fp32 and cast back, like the official complex-number version.
+
+def rotate_(x: Tensor, freqs: Tensor) -> Tensor:
+    """Rotate adjacent channel pairs of x [..., M, d] in place by complex `freqs` [n, d // 2] and return x.
+
+    M may be a multiple of n, in which case the table repeats (every memory frame gets the same
+    spatial positions). The product is taken in fp32 as complex numbers, like the official
+    `apply_rotary_enc`; an fp32 x is updated without a copy, others via an fp32 temporary.
     """
-    n, m = cos.shape[0], x.shape[-2]
-    if m != n:
-        if m % n:
-            raise ValueError(f"{m} rotary tokens are not a whole number of {n}-token frames")
-        cos, sin = cos.repeat(m // n, 1), sin.repeat(m // n, 1)
-    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
-    a, b = pairs[..., 0], pairs[..., 1]
-    out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
-    return out.type_as(x)
+    n, m = freqs.shape[0], x.shape[-2]
+    if m % n:
+        raise ValueError(f"{m} rotary tokens are not a whole number of {n}-token frames")
+    frames = x.unflatten(-2, (m // n, n))
+    if x.dtype == torch.float32:
+        torch.view_as_complex(frames.unflatten(-1, (-1, 2))).mul_(freqs)
+    else:
+        rotated = torch.view_as_complex(frames.float().unflatten(-1, (-1, 2))) * freqs
+        frames.copy_(torch.view_as_real(rotated).flatten(-2))
+    return x

@@ -403,8 +403,8 @@ class SAM2Model(nn.Module):
         feat = features.vision_features
         _, c, h, w = feat.shape
         b = memory.shape[0]
-        curr = feat.flatten(2).transpose(1, 2).expand(b, -1, -1)
-        curr_pos = features.vision_pos_enc[-1].flatten(2).transpose(1, 2).expand(b, -1, -1)
+        curr = feat.flatten(2).transpose(1, 2)  # batch 1, broadcast to the objects inside
+        curr_pos = features.vision_pos_enc[-1].flatten(2).transpose(1, 2)
         memory, memory_pos = memory.to(feat.dtype), memory_pos.to(feat.dtype)
         out = self.memory_attention(curr, curr_pos, memory, memory_pos, (h, w), num_obj_ptr_tokens, memory_mask)
         return out.transpose(1, 2).reshape(b, c, h, w)

@@ -359,15 +359,21 @@ class VideoTracker:
         slots = [(0, j) for j in range(max(len(c) for c in cond))]
         slots += [(t, 0) for t in sorted({t for r in recent for t in r})]
         _, m, h, w = self._maskmem_pos.shape
-        blank = torch.zeros(m, h, w, dtype=self.memory_dtype, device=device)
-        tokens, positions, slot_present = [], [], []
-        for t_pos, j in slots:
+        # spatial tokens are written straight into the padded attention inputs (absent slots stay zero),
+        # the pointer tokens after them
+        pointer_tokens = model.spec.hidden_dim // m
+        size = len(slots) * h * w + max(len(s.pointers) for s in selections) * pointer_tokens
+        memory = torch.zeros(b, size, m, device=device)
+        memory_pos = torch.empty(b, size, m, device=device)
+        slot_present = []
+        for k, (t_pos, j) in enumerate(slots):
             maps = [c[j] if j < len(c) else None for c in cond] if t_pos == 0 else [r.get(t_pos) for r in recent]
-            tok, pos = model.spatial_memory_tokens(
-                torch.stack([blank if x is None else x for x in maps]).float(), self._maskmem_pos, t_pos
-            )
-            tokens.append(tok)
-            positions.append(pos.expand(b, -1, -1))
+            span = slice(k * h * w, (k + 1) * h * w)
+            for i, x in enumerate(maps):
+                if x is not None:
+                    tok, pos = model.spatial_memory_tokens(x[None], self._maskmem_pos, t_pos)
+                    memory[i, span] = tok[0]
+            memory_pos[:, span] = pos
             slot_present.append([x is not None for x in maps])
         lengths = [len(s.pointers) for s in selections]
         num_ptrs, num_ptr_tokens = max(lengths), 0
@@ -383,9 +389,9 @@ class VideoTracker:
             tok, pos = model.pointer_memory_tokens(
                 ptrs, torch.tensor(offsets, dtype=torch.float32, device=device), self.num_frames
             )
-            tokens.append(tok)
-            positions.append(pos)
             num_ptr_tokens = tok.shape[1]
+            memory[:, size - num_ptr_tokens :] = tok
+            memory_pos[:, size - num_ptr_tokens :] = pos
         mask = None
         if not all(all(p) for p in slot_present) or min(lengths) < num_ptrs:
             parts = [torch.tensor(slot_present, device=device).T.repeat_interleave(h * w, dim=1)]
@@ -393,7 +399,7 @@ class VideoTracker:
                 real = torch.arange(num_ptrs, device=device) < torch.tensor(lengths, device=device)[:, None]
                 parts.append(real.repeat_interleave(num_ptr_tokens // num_ptrs, dim=1))
             mask = torch.cat(parts, dim=1)
-        return torch.cat(tokens, 1), torch.cat(positions, 1), num_ptr_tokens, mask
+        return memory, memory_pos, num_ptr_tokens, mask
 
     def _store(
         self, features: ImageFeatures, frame: int, groups: list[_Rows], order: list[int] | None = None
