@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -24,16 +22,12 @@ from typing import Any
 import torch
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for _path in (ROOT, os.path.join(ROOT, "tests", "parity")):  # masklet, and make_fixtures' weight recipe
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 OFFICIAL_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 OUR_PRESET = "sam2.1_hiera_t"
-# output layers scaled up so that mask logits and object scores sit away from 0 (make_fixtures.GAINS)
-GAINS = {
-    r"sam_mask_decoder\.output_hypernetworks_mlps\.\d+\.layers\.2\.weight": 10.0,
-    r"sam_mask_decoder\.pred_obj_score_head\.layers\.2\.weight": 30.0,
-}
 
 
 def build_official(kind: str, image_size: int, device: str = "cpu") -> torch.nn.Module:
@@ -49,21 +43,11 @@ def build_official(kind: str, image_size: int, device: str = "cpu") -> torch.nn.
 @torch.no_grad()
 def official_weights(seed: int, image_size: int) -> dict[str, torch.Tensor]:
     """Seeded random weights of the official tiny model (make_fixtures.py's recipe), on CPU, fp32."""
-    from sam2.modeling.sam2_utils import LayerNorm2d
+    from make_fixtures import randomize_
 
     torch.manual_seed(seed)
     model = build_official("image", image_size)
-    g = torch.Generator().manual_seed(seed)
-    norms = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.LayerNorm, LayerNorm2d))}
-    for name, p in model.named_parameters():
-        n = torch.randn(p.shape, generator=g)
-        if id(p) in norms:
-            p.copy_(1 + 0.1 * n)
-        elif p.dim() == 1:
-            p.copy_(0.1 * n)
-        else:
-            gain = next((v for k, v in GAINS.items() if re.fullmatch(k, name)), 1.0)
-            p.copy_(gain * n / math.sqrt(p[0].numel()))
+    randomize_(model, seed)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

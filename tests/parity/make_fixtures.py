@@ -287,9 +287,8 @@ CALIBRATION_ROUNDS = 8
 
 
 @torch.no_grad()
-def random_state(spec: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    model = build(spec)
+def randomize_(model: torch.nn.Module, seed: int) -> None:
+    """Overwrite every parameter with INIT_RECIPE's seeded values (before the float16 rounding)."""
     g = torch.Generator().manual_seed(seed)
     norms = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.LayerNorm, LayerNorm2d))}
     for name, p in model.named_parameters():
@@ -301,6 +300,12 @@ def random_state(spec: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
         else:
             gain = next((v for k, v in GAINS.items() if re.fullmatch(k, name)), 1.0)
             p.copy_(gain * n / math.sqrt(p[0].numel()))
+
+
+def random_state(spec: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = build(spec)
+    randomize_(model, seed)
     return {k: v.half().float() for k, v in model.state_dict().items()}
 
 
