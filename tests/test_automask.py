@@ -9,24 +9,22 @@ plus the official point grids and crop boxes and torchvision NMS results on tied
 from __future__ import annotations
 
 import dataclasses
-import json
 import zlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from parity_fixtures import FIXTURES, spec_from_fixture
 
 from masklet.io.rle import decode
-from masklet.model import ModelSpec, SAM2Model, build_model
+from masklet.model import SAM2Model, build_model
 from masklet.model.transforms import prepare_image, scale_coords
 from masklet.pipelines.automask import AutoMaskConfig, AutoMaskGenerator, AutoMasks
 from masklet.pipelines.grids import crop_boxes, layer_point_grids, point_grid
 from masklet.pipelines.mask_ops import fill_holes_and_remove_sprinkles, masks_to_boxes, stability_score
 from masklet.pipelines.nms import batched_nms, box_iou
 
-FIXTURES = Path(__file__).parent / "fixtures" / "parity"
 AMG = torch.load(FIXTURES / "amg.pt", weights_only=True)
 # masks may differ from the official ones by rounding (logits within ~1e-5 of the threshold); at most this
 # fraction of a case's masks may be non-identical, and every mask must still have IoU >= 0.99 with its match
@@ -34,34 +32,11 @@ MAX_NON_IDENTICAL = 0.01
 SCORE_ATOL = 1e-4
 
 
-def _fixture_spec(meta: dict[str, Any]) -> ModelSpec:
-    """The ModelSpec of an official nested spec written by make_fixtures.py (the small test models)."""
-    m = meta["model"]
-    trunk = m["image_encoder"]["trunk"]
-    flags = ("no_obj_embed_spatial", "add_tpos_enc_to_obj_ptrs", "proj_tpos_enc_in_obj_ptrs")
-    return ModelSpec(
-        name=f"fixture-{meta['flag_set']}",
-        image_size=m["image_size"],
-        embed_dim=trunk["embed_dim"],
-        num_heads=trunk["num_heads"],
-        stages=tuple(trunk["stages"]),
-        global_att_blocks=tuple(trunk["global_att_blocks"]),
-        window_spec=tuple(trunk["window_spec"]),
-        window_pos_embed_bkg_spatial_size=tuple(trunk["window_pos_embed_bkg_spatial_size"]),
-        hidden_dim=m["image_encoder"]["neck"]["d_model"],
-        mem_dim=m["memory_encoder"]["out_dim"],
-        memory_attention_layers=m["memory_attention"]["num_layers"],
-        memory_attention_mlp_dim=m["memory_attention"]["layer"]["dim_feedforward"],
-        use_signed_tpos_enc_to_obj_ptrs=m["use_signed_tpos_enc_to_obj_ptrs"],
-        **{k: m[k] for k in flags},
-    )
-
-
 @pytest.fixture(scope="module")
 def model() -> SAM2Model:
     folder = FIXTURES / AMG["flag_set"]
-    meta = json.loads((folder / "spec.json").read_text())
-    model = build_model(_fixture_spec(meta), apply_postprocessing=True)  # the official build_sam2 default
+    # apply_postprocessing: the official build_sam2 default
+    model = build_model(spec_from_fixture(AMG["flag_set"]), apply_postprocessing=True)
     state = torch.load(folder / "model.pt", weights_only=True)["model"]
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model

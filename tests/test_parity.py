@@ -16,23 +16,21 @@ and free-running, end to end, with identical binarized masks and values within 1
 
 from __future__ import annotations
 
-import json
 import zlib
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from parity_fixtures import FIXTURES, spec_from_fixture
 
-from masklet.model import ModelSpec, SAM2Model, build_model
+from masklet.model import SAM2Model, build_model
 from masklet.model.checkpoint import load_checkpoint
 from masklet.model.image_predictor import ImagePredictor
 from masklet.model.tracker import TrackOutput, VideoTracker
 from masklet.model.transforms import prepare_image
 
-FIXTURES = Path(__file__).parent / "fixtures" / "parity"
 FLAG_SETS = ("sam2", "sam2.1")
 MODES = ("postprocess", "raw")  # the official builders' apply_postprocessing=True / False
 SCENARIOS = ("forward", "reverse")
@@ -45,37 +43,6 @@ pytestmark = pytest.mark.skipif(not (FIXTURES / "inputs.pt").exists(), reason="p
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def spec_from_fixture(flag_set: str) -> ModelSpec:
-    """Our spec for the official constructor arguments recorded in spec.json."""
-    meta = json.loads((FIXTURES / flag_set / "spec.json").read_text())
-    m, hard = meta["model"], meta["hard_coded"]["sam_mask_decoder"]
-    trunk, layer = m["image_encoder"]["trunk"], m["memory_attention"]["layer"]
-    return ModelSpec(
-        name=f"parity-{flag_set}",
-        image_size=m["image_size"],
-        embed_dim=trunk["embed_dim"],
-        num_heads=trunk["num_heads"],
-        stages=tuple(trunk["stages"]),
-        global_att_blocks=tuple(trunk["global_att_blocks"]),
-        window_spec=tuple(trunk["window_spec"]),
-        window_pos_embed_bkg_spatial_size=tuple(trunk["window_pos_embed_bkg_spatial_size"]),
-        hidden_dim=m["memory_attention"]["d_model"],
-        mem_dim=m["memory_encoder"]["out_dim"],
-        decoder_num_heads=hard["transformer"]["num_heads"],
-        decoder_mlp_dim=hard["transformer"]["mlp_dim"],
-        iou_head_hidden_dim=hard["iou_head_hidden_dim"],
-        memory_attention_layers=m["memory_attention"]["num_layers"],
-        memory_attention_heads=layer["self_attention"]["num_heads"],
-        memory_attention_mlp_dim=layer["dim_feedforward"],
-        num_maskmem=m["num_maskmem"],
-        max_obj_ptrs_in_encoder=m["max_obj_ptrs_in_encoder"],
-        no_obj_embed_spatial=m["no_obj_embed_spatial"],
-        add_tpos_enc_to_obj_ptrs=m["add_tpos_enc_to_obj_ptrs"],
-        proj_tpos_enc_in_obj_ptrs=m["proj_tpos_enc_in_obj_ptrs"],
-        use_signed_tpos_enc_to_obj_ptrs=m["use_signed_tpos_enc_to_obj_ptrs"],
-    )
 
 
 @cache
