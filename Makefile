@@ -36,6 +36,8 @@ demo: install
 	@echo "Corpus: demo-output/corpus   masklets: demo-output/masklets (see docs/output-schema.md)"
 	@echo "No trained weights ship with masklet yet: the demo model has seeded random weights and finds few"
 	@echo "or no objects. For real masklets: $(BIN)/masklet run configs/demo.yaml model.checkpoint=PATH_OR_URI"
+	@echo "Report (stats, plots, overlays; open it in a browser):"
+	$(BIN)/masklet report demo-output/masklets
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

@@ -99,6 +99,64 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import fsspec
+
+    from masklet.eval import holdout
+
+    config = _job_config(args)
+    modes = holdout.MODES if args.mode == "both" else (args.mode,)
+    result = holdout.evaluate(config, modes=modes, max_videos=args.max_videos)
+    print(holdout.format_report(result))
+    if args.json is not None:
+        with fsspec.open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+    return EXIT_FAILED if holdout.failed_videos(result) else EXIT_OK
+
+
+def _add_eval_command(commands: argparse._SubParsersAction) -> None:
+    ev = commands.add_parser(
+        "eval",
+        help="score a model on a held-out synthetic corpus against its ground truth",
+        description="Evaluate CONFIG's model on the wds shards at source.uri (written by `masklet synth`, each "
+        "video with its {key}.gt.json), at the job's source.fps and max_frames: prompted tracking from each "
+        "object's first GT mask (mean J&F) and the automatic pipeline (recall of GT masklets at J&F >= 0.5); "
+        "docs/evaluation.md. Exit 0: evaluated; 1: some videos failed (error rows); 2: config or input error.",
+    )
+    ev.add_argument("config", metavar="CONFIG", help="YAML job config (any fsspec URI)")
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. model.device=cpu")
+    ev.add_argument("--mode", choices=("prompted", "auto", "both"), default="both", help="what to evaluate (both)")
+    ev.add_argument("--max-videos", type=int, metavar="N", help="evaluate only the first N videos")
+    ev.add_argument("--json", metavar="OUT_FILE", help="write the full result (summary and per-video rows) as JSON")
+    ev.set_defaults(run=_cmd_eval, config_json=None)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from masklet.train.config import load_train_config
+    from masklet.train.trainer import train
+
+    config = load_train_config(args.config, args.overrides)
+    result = train(config)
+    print(f"trained {result.steps} steps (from step {result.resumed_from}): {result.checkpoint}")
+    return EXIT_OK
+
+
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
+    tr = commands.add_parser(
+        "train",
+        help="train or fine-tune the model on masklet shards (the next round of the data engine)",
+        description="Train CONFIG's model on SA-V annotated tar shards (masklet outputs' wds/*.tar, or a "
+        "`masklet synth` corpus with annotation: gt.json) with the SAM 2 recipe: 8-frame clips, simulated "
+        "mask/click/box prompts and corrective clicks, focal+dice, IoU and object-score losses, AdamW. Writes "
+        "output.uri/last.pt every output.checkpoint_every steps (a rerun resumes from it) and output.uri/model.pt "
+        "at the end, in the official checkpoint layout. Exit 0: trained; 2: config or input error.",
+    )
+    tr.add_argument("config", metavar="CONFIG", help="YAML training config (any fsspec URI)")
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.steps=500")
+    tr.set_defaults(run=_cmd_train)
+
+
 def _job_config(args: argparse.Namespace) -> JobConfig:
     """CONFIG with overrides, or the resolved config `masklet submit` sends as --config-json."""
     if args.config_json is not None:
@@ -176,6 +234,50 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     stopped = submit.stop(args.address, args.job_id)
     print(f"job {args.job_id}: {'stop requested' if stopped else 'already ended'}")
     return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from masklet.report import write_report
+
+    print(write_report(args.out_uri, args.out, videos=args.videos, keys=args.key))
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from masklet.report import write_show
+
+    print(write_show(args.out_uri, args.key, args.out))
+    return EXIT_OK
+
+
+def _add_report_commands(commands: argparse._SubParsersAction) -> None:
+    report = commands.add_parser(
+        "report",
+        help="write an HTML report of an output: stats, plots, overlays",
+        description="Write one self-contained HTML file (images inside, no server needed) about OUT_URI: the job's "
+        "config and counts, the filter funnel, histograms of the quality statistics, throughput per shard, the "
+        "failed videos, and overlays of the kept and dropped masklets of a few videos. Prints the file's path "
+        "(default: OUT_URI/report.html for a local root, ./report.html for a remote one).",
+    )
+    report.add_argument("out_uri", metavar="OUT_URI", help="an output root (any fsspec URI)")
+    report.add_argument(
+        "--videos", type=int, default=8, metavar="N", help="overlays of the N videos with the most masklets (default 8)"
+    )
+    report.add_argument("--key", action="append", default=[], metavar="KEY", help="also overlay this video (repeated)")
+    report.add_argument("--out", metavar="FILE", help="where to write the report (any fsspec URI)")
+    report.set_defaults(run=_cmd_report)
+
+    show = commands.add_parser(
+        "show",
+        help="overlay the masklets of one video of an output",
+        description="Write an HTML page with one video's kept masklets (animated) and dropped ones (with reasons), "
+        "or only the animation when FILE ends in .webp. Prints the file's path (default: "
+        "OUT_URI/show-KEY.html for a local root, ./show-KEY.html for a remote one).",
+    )
+    show.add_argument("out_uri", metavar="OUT_URI", help="an output root (any fsspec URI)")
+    show.add_argument("key", metavar="KEY", help="the video's key (video_key or original_key)")
+    show.add_argument("--out", metavar="FILE", help="where to write it: .html (default) or .webp")
+    show.set_defaults(run=_cmd_show)
 
 
 def _add_job_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -290,7 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--fraction", type=float, help="keep this fraction of the kept masklets (rounded half up)")
     sample.add_argument("--seed", type=int, default=0, help="random seed for --by random (default 0)")
     sample.set_defaults(run=_cmd_sample)
+    _add_report_commands(commands)
     _add_job_commands(commands)
+    _add_eval_command(commands)
+    _add_train_command(commands)
     return parser
 
 

@@ -55,14 +55,19 @@ def read_table(
     return storage.call("read", uri, pq.read_table, path, filesystem=fs, columns=cols, retry=retry)
 
 
+def read_marker(root: str, shard_id: str, *, retry: RetryPolicy | None = None) -> dict:
+    """A committed shard's `_done` marker: its counts, timings and files."""
+    uri = storage.join(root, shard_files(shard_id)["done"])
+    fs, path = storage.url_to_fs(uri)
+    return json.loads(storage.call("read", uri, fs.cat_file, path, retry=retry))
+
+
 def read_shard(
     root: str, shard_id: str, *, retry: RetryPolicy | None = None
 ) -> OutputShard:
     """A committed shard's marker and rows as records."""
     io = {"retry": retry}
-    marker_uri = storage.join(root, shard_files(shard_id)["done"])
-    fs, path = storage.url_to_fs(marker_uri)
-    marker = json.loads(storage.call("read", marker_uri, fs.cat_file, path, retry=retry))
+    marker = read_marker(root, shard_id, **io)
     masklets = read_table(root, shard_id, "masklets", columns=_MASKLET_FIELDS, **io).to_pylist()
     videos = read_table(root, shard_id, "videos", columns=_VIDEO_FIELDS, **io).to_pylist()
     return OutputShard(shard_id, marker, [VideoRecord(**v) for v in videos], [MaskletRecord(**m) for m in masklets])
