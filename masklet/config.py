@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import fsspec
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from masklet.weights import packaged_weights
 
 MODEL_PRESETS = (
     "sam2_hiera_t",
@@ -23,6 +25,7 @@ MODEL_PRESETS = (
     "sam2.1_hiera_s",
     "sam2.1_hiera_b_plus",
     "sam2.1_hiera_l",
+    "masklet_demo",
 )
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -45,13 +48,16 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names every key at fault."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     """Unknown keys are refused: a misspelt option must not be silently ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class SourceConfig(_Section):
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+class SourceConfig(Section):
     """Where the videos come from and how they are decoded."""
 
     uri: str = Field(min_length=1, description="fsspec URI, glob or brace pattern of the input")
@@ -62,7 +68,7 @@ class SourceConfig(_Section):
     prefetch_frames: int = Field(default=16, ge=1)
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """Which SAM 2 model to build and where its weights are."""
 
     name: str = "sam2.1_hiera_t"
@@ -79,8 +85,13 @@ class ModelConfig(_Section):
             raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_PRESETS)}")
         return name
 
+    @property
+    def weights(self) -> str | None:
+        """The checkpoint to load: `checkpoint`, else the weights shipped for the preset (masklet_demo)."""
+        return self.checkpoint or packaged_weights(self.name)
 
-class PipelineConfig(_Section):
+
+class PipelineConfig(Section):
     """What happens to one video; the automatic-mask defaults are those of SAM 2's generator."""
 
     mode: Literal["auto", "prompted"] = "auto"
@@ -103,7 +114,7 @@ class PipelineConfig(_Section):
     )
 
 
-class FiltersConfig(_Section):
+class FiltersConfig(Section):
     """Per-masklet quality thresholds; a masklet failing any of them is kept=false with a reason.
 
     Defaults drop only masklets that are never visible and duplicates; masklet.pipelines.filters
@@ -147,14 +158,14 @@ class FiltersConfig(_Section):
         return self
 
 
-class OutputConfig(_Section):
+class OutputConfig(Section):
     """Where the masklet shards go."""
 
     uri: str = Field(min_length=1)
     write_video: bool = Field(default=False, description="copy each video's bytes into wds/{shard}.tar")
 
 
-class RayConfig(_Section):
+class RayConfig(Section):
     """Which Ray to run on: none given means an embedded local Ray on 127.0.0.1."""
 
     address: str | None = Field(default=None, description="null: embedded local Ray; 'auto' or HOST:PORT: join it")
@@ -165,7 +176,7 @@ class RayConfig(_Section):
     )
 
 
-class WorkersConfig(_Section):
+class WorkersConfig(Section):
     """How many worker actors and what each one holds."""
 
     count: int | None = Field(default=None, ge=1, description="null: one per GPU, or one per CPU pool")
@@ -179,7 +190,7 @@ class WorkersConfig(_Section):
     )
 
 
-class JobConfig(_Section):
+class JobConfig(Section):
     """A whole job: everything `masklet run` needs."""
 
     source: SourceConfig
@@ -269,6 +280,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load_config(uri: str, overrides: list[str] | None = None) -> JobConfig:
     """Read a YAML config from any fsspec URI, apply overrides and validate the whole."""
+    return validate_config(read_yaml_config(uri, overrides), origin=uri)
+
+
+def read_yaml_config(uri: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A YAML mapping from any fsspec URI with dotted overrides applied (not yet validated)."""
     try:
         with fsspec.open(uri, "r") as f:
             text = f.read()
@@ -280,12 +296,17 @@ def load_config(uri: str, overrides: list[str] | None = None) -> JobConfig:
         raise ConfigError(f"config file {uri!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {uri!r} must hold a mapping of sections, not {type(data).__name__}")
-    return validate_config(apply_overrides(data, overrides or []), origin=uri)
+    return apply_overrides(data, overrides or [])
 
 
 def validate_config(data: dict[str, Any], origin: str = "(dict)") -> JobConfig:
+    return validate_section(JobConfig, data, origin)
+
+
+def validate_section(cls: type[SectionT], data: dict[str, Any], origin: str = "(dict)") -> SectionT:
+    """`cls.model_validate(data)`, with every error turned into one ConfigError naming the dotted keys."""
     try:
-        return JobConfig.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, origin)) from None
 

@@ -69,8 +69,8 @@ def plan_job(config: JobConfig, *, force: bool = False) -> JobPlan:
     storage.ensure_writable_dir(config.output.uri)
     done = list_done(config.output.uri) & {s.id for s in shards}
     sha256 = config.model.sha256
-    if config.model.checkpoint and sha256 is None:
-        sha256 = fetch(config.model.checkpoint)["sha256"]
+    if config.model.weights and sha256 is None:
+        sha256 = fetch(config.model.weights)["sha256"]
     record = JobRecord.for_config(config, sha256)
     claim = claim_output(config.output.uri, record, force=force)
     return JobPlan(config, shards, done, record, claim, factory)
@@ -313,8 +313,8 @@ def _print_plan(plan: JobPlan, out: TextIO) -> None:
     }
     model = config.model
     weights = (
-        f"checkpoint {model.checkpoint} (sha256 {plan.record.checkpoint_sha256[:12]})"
-        if model.checkpoint and plan.record.checkpoint_sha256
+        f"checkpoint {model.weights} (sha256 {plan.record.checkpoint_sha256[:12]})"
+        if model.weights and plan.record.checkpoint_sha256
         else "seeded random weights (no model.checkpoint)"
     )
     print(f"masklet run: job {plan.record.config_hash[:12]} ({claim[plan.claim]})", file=out)

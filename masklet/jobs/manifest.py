@@ -40,7 +40,7 @@ class JobRecord:
         return cls(
             config_hash=config.content_hash(),
             model=config.model.name,
-            checkpoint=config.model.checkpoint,
+            checkpoint=config.model.weights,
             checkpoint_sha256=checkpoint_sha256,
             config=config.model_dump(mode="json"),
             created_at=_now(),

@@ -105,14 +105,15 @@ def resolve_device(name: str) -> torch.device:
 def load_model(config: JobConfig, device: torch.device, checkpoint_sha256: str | None) -> SAM2Model:
     """Build the model on `device` and load its weights through the node-local checkpoint cache.
 
-    `checkpoint_sha256` is what job.json recorded, so every worker loads the same bytes. Without a
-    checkpoint the weights are random but seeded, identical in every worker and every run.
+    `checkpoint_sha256` is what job.json recorded, so every worker loads the same bytes. Without
+    weights (no model.checkpoint and none shipped for the preset) they are random but seeded, identical in
+    every worker and every run.
     """
     dtype = None if config.model.dtype == "auto" else getattr(torch, config.model.dtype)
     torch.manual_seed(RANDOM_WEIGHTS_SEED)
     model = build_model(config.model.name, image_size=config.model.image_size, device=device, dtype=dtype)
-    if config.model.checkpoint:
-        load_checkpoint(model, config.model.checkpoint, sha256=checkpoint_sha256)
+    if config.model.weights:
+        load_checkpoint(model, config.model.weights, sha256=checkpoint_sha256)
     return model
 
 

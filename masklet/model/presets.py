@@ -139,14 +139,37 @@ for _size, _trunk in _TRUNKS.items():
     PRESETS[f"sam2_hiera_{_size}"] = ModelSpec(name=f"sam2_hiera_{_size}", **_trunk, **_SAM2_FLAGS)
     PRESETS[f"sam2.1_hiera_{_size}"] = ModelSpec(name=f"sam2.1_hiera_{_size}", **_trunk)
 
+# masklet's own small model, trained on the synthetic corpus (masklet/model/weights/, docs/demo-model.md):
+# a quarter of the tiny preset's widths at image_size 256, so it trains and runs on a laptop CPU
+DEMO_SPEC = ModelSpec(
+    name="masklet_demo",
+    image_size=256,
+    embed_dim=24,
+    num_heads=1,
+    stages=(1, 2, 3, 1),
+    global_att_blocks=(5,),
+    window_spec=(8, 4, 8, 4),
+    hidden_dim=64,
+    mem_dim=32,
+    decoder_num_heads=4,
+    decoder_mlp_dim=256,
+    iou_head_hidden_dim=64,
+    memory_attention_layers=2,
+    memory_attention_mlp_dim=256,
+)
+OWN_PRESETS: dict[str, ModelSpec] = {DEMO_SPEC.name: DEMO_SPEC}
+
 # the official checkpoint / config spellings of the sizes
 _ALIASES = {"tiny": "t", "small": "s", "b+": "b_plus", "base_plus": "b_plus", "large": "l"}
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The preset called `name`: `sam2[.1]_hiera_{t,s,b_plus,l}` (also `b+`, `tiny`, `base_plus`, ...)."""
+    """The preset called `name`: `sam2[.1]_hiera_{t,s,b_plus,l}` (also `b+`, `tiny`, `base_plus`, ...) or
+    one of masklet's own (`masklet_demo`)."""
+    if name in OWN_PRESETS:
+        return OWN_PRESETS[name]
     version, _, size = name.rpartition("_")
     key = f"{version}_{_ALIASES.get(size, size)}"
     if key not in PRESETS:
-        raise KeyError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
+        raise KeyError(f"unknown model preset {name!r}; known: {', '.join([*PRESETS, *OWN_PRESETS])}")
     return PRESETS[key]

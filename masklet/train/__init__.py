@@ -1,0 +1,1 @@
+"""Training masklet's SAM 2 model on masklet shards: the next round of the data engine."""
