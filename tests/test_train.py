@@ -120,6 +120,19 @@ def test_loss_supervises_the_best_mask_and_the_real_iou() -> None:
     assert absent["object_score"] == pytest.approx(20.0, abs=1e-3)
 
 
+def test_sampler_focuses_on_few_videos_first_and_prefers_several_objects(corpus: str) -> None:
+    c = config(corpus, "unused", clip={"focus_videos": 1, "focus_steps": 5, "min_objects": 2, "max_objects": 3})
+    videos = load_videos(c.data, SPEC.image_size)
+    assert len(videos) == 3
+    sampler = ClipSampler(videos, c.clip, SPEC.image_size)
+    early = {sampler.sample(np.random.default_rng(i), step=i % 5).key for i in range(20)}
+    late = {sampler.sample(np.random.default_rng(i), step=5).key for i in range(20)}
+    assert early == {videos[0].key} and len(late) > 1
+    clips = [sampler.sample(np.random.default_rng(i), step=10) for i in range(20)]
+    assert all(clip.masks[0].flatten(1).any(1).all() for clip in clips)  # every object is on the first frame
+    assert all(clip.masks.shape[1] >= 2 for clip in clips)
+
+
 # ---------------------------------------------------------------- unroll
 
 
@@ -128,7 +141,7 @@ def test_unroll_is_differentiable_through_memory(corpus: str, kind: str) -> None
     model = tiny().train()
     c = config(corpus, "unused")
     videos = load_videos(c.data, SPEC.image_size)
-    clip = ClipSampler(videos, c.clip, SPEC.image_size).sample(np.random.default_rng(1))
+    clip = ClipSampler(videos, c.clip, SPEC.image_size).sample(np.random.default_rng(1), 0)
     assert clip.frames.shape == (4, 3, 64, 64) and clip.masks.shape[:2][0] == 4
     prompts = PromptConfig(
         p_mask=float(kind == "mask"), p_click=float(kind == "click"), p_box=float(kind == "box"), p_correct_later=1.0

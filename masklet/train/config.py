@@ -89,6 +89,11 @@ class ClipConfig(Section):
     max_stride: int = Field(default=4, ge=1, description="clips take every k-th annotated frame, k in 1..max_stride")
     max_objects: int = Field(default=3, ge=1, description="objects per clip, among those visible on its first frame")
     hflip: Fraction = Field(default=0.5, description="chance of flipping a clip left-right")
+    min_objects: int = Field(default=2, ge=1, description="prefer clips with this many objects on the first frame")
+    focus_videos: int | None = Field(
+        default=None, ge=1, description="draw the first `focus_steps` clips from this many videos only; null: off"
+    )
+    focus_steps: int = Field(default=0, ge=0)
 
 
 class TrainOutputConfig(Section):

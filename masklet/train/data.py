@@ -113,27 +113,38 @@ class ClipSampler:
         self.config = config
         self.image_size = image_size
 
-    def sample(self, rng: np.random.Generator) -> Clip:
-        """A clip with at least one object on its first frame (videos without one are retried)."""
+    def sample(self, rng: np.random.Generator, step: int) -> Clip:
+        """A clip with at least one object on its first frame, preferably `min_objects` (retried up to 100
+        times). Before `focus_steps`, clips come from the first `focus_videos` videos only: a model
+        trained from scratch first learns to tell objects apart through its memory on a few videos,
+        where that is easy to discover, instead of settling for the most salient object everywhere."""
         c = self.config
+        pool = self.videos
+        if c.focus_videos is not None and step < c.focus_steps:
+            pool = self.videos[: c.focus_videos]
+        fallback = None
         for _ in range(100):
-            video = self.videos[int(rng.integers(len(self.videos)))]
+            video = pool[int(rng.integers(len(pool)))]
             longest = (len(video.masklet) - 1) // (c.frames - 1)
             stride = int(rng.integers(1, min(c.max_stride, longest) + 1))
             start = int(rng.integers(len(video.masklet) - (c.frames - 1) * stride))
             picks = list(range(start, start + c.frames * stride, stride))
             visible = [o for o, r in enumerate(video.masklet[start]) if rle.area(r) > 0]
-            if not visible:
-                continue
-            objects = rng.permutation(visible)[: c.max_objects].tolist()
-            masks = torch.from_numpy(
-                np.stack([rle.decode_batch([video.masklet[t][o] for o in objects]) for t in picks])
-            )
-            frames, masks = video.frames[picks], self._resize(masks)
-            if rng.random() < c.hflip:
-                frames, masks = frames.flip(-1), masks.flip(-1)
-            return Clip(video.key, normalize_images(frames), masks)
-        raise NoTrainingData("100 random clips in a row had no visible object on their first frame")
+            if len(visible) >= c.min_objects:
+                return self._clip(video, picks, visible, rng)
+            if visible and fallback is None:
+                fallback = (video, picks, visible)
+        if fallback is None:
+            raise NoTrainingData("100 random clips in a row had no visible object on their first frame")
+        return self._clip(*fallback, rng)
+
+    def _clip(self, video: TrainingVideo, picks: list[int], visible: list[int], rng: np.random.Generator) -> Clip:
+        objects = rng.permutation(visible)[: self.config.max_objects].tolist()
+        masks = torch.from_numpy(np.stack([rle.decode_batch([video.masklet[t][o] for o in objects]) for t in picks]))
+        frames, masks = video.frames[picks], self._resize(masks)
+        if rng.random() < self.config.hflip:
+            frames, masks = frames.flip(-1), masks.flip(-1)
+        return Clip(video.key, normalize_images(frames), masks)
 
     def _resize(self, masks: Tensor) -> Tensor:
         """[T, N, H, W] bool -> [T, N, S, S] bool, as mask prompts are resized (antialiased, >= 0.5)."""

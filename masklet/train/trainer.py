@@ -134,7 +134,7 @@ def _step(
     step: int,
 ) -> dict[str, float]:
     rng = np.random.default_rng([config.seed, step])
-    clip = sampler.sample(rng)
+    clip = sampler.sample(rng, step)
     frames, masks = clip.frames.to(device), clip.masks.to(device)
     with _autocast(device, config.model.dtype):
         outputs = unroll(model, frames, masks, config.prompts, rng)
