@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 CONSTRAINTS := requirements/dev-constraints.txt
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install dev-install clean
+.PHONY: demo demo-model engine-loop test lint install dev-install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,20 @@ demo: install
 	$(BIN)/masklet synth demo-output/corpus --videos 8 --per-shard 4 --seed 0
 	$(BIN)/masklet run configs/demo.yaml
 	@echo "Corpus: demo-output/corpus   masklets: demo-output/masklets (see docs/output-schema.md)"
-	@echo "No trained weights ship with masklet yet: the demo model has seeded random weights and finds few"
-	@echo "or no objects. For real masklets: $(BIN)/masklet run configs/demo.yaml model.checkpoint=PATH_OR_URI"
+	@echo "Model: masklet_demo, trained on synthetic videos only (docs/demo-model.md). For real videos use"
+	@echo "official weights: $(BIN)/masklet run configs/demo.yaml model.name=sam2.1_hiera_t model.checkpoint=URI"
 	@echo "Report (stats, plots, overlays; open it in a browser):"
 	$(BIN)/masklet report demo-output/masklets
+
+# Reproduces the shipped masklet/weights/masklet_demo.pt (about an hour on a 2-core CPU; docs/demo-model.md).
+demo-model: install
+	$(BIN)/masklet synth demo-output/train-corpus --videos 120 --per-shard 20 --seed 100
+	$(BIN)/masklet train configs/train-demo.yaml
+	cp demo-output/train-demo/model.pt masklet/weights/masklet_demo.pt
+
+# The data-engine loop: auto-label, sample, fine-tune round 1, evaluate (docs/data-engine.md).
+engine-loop: install
+	$(BIN)/python benchmarks/data_engine_loop.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

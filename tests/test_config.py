@@ -11,7 +11,7 @@ MINIMAL = {"source": {"uri": "in/"}, "output": {"uri": "out/"}}
 
 def test_demo_config_loads_with_defaults() -> None:
     config = load_config(DEMO)
-    assert config.model.name == "sam2.1_hiera_t"
+    assert config.model.name == "masklet_demo" and config.model.checkpoint is None  # the shipped weights
     assert config.pipeline.points_per_side == 16
     assert config.pipeline.pred_iou_thresh == 0.8  # SAM 2 generator default
     assert config.ray.address is None
