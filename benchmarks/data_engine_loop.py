@@ -76,6 +76,12 @@ def main() -> None:
         sum(read_table(str(labels), shard, "masklets", columns=["kept"]).column("kept").to_pylist())
         for shard in list_done(str(labels))
     )
+    if kept == 0:
+        round0_eval = evaluate("round0", args.round0, args.job, heldout_uri, work)
+        raise SystemExit(
+            f"round 0 kept no masklet on {args.unlabeled} videos, so round 1 has nothing to train on "
+            f"(round 0 on the held-out set: {json.dumps(round0_eval)}); a stronger round-0 model is needed"
+        )
     top_k = max(1, round(kept * args.sample_fraction))
     for by in ("edits", "random"):
         masklet("sample", str(labels), str(work / f"round0-{by}"), "--by", by, "--top-k", str(top_k))
