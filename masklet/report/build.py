@@ -219,22 +219,7 @@ def _video_section(video: dict, masklets: list[dict], overlay: Overlay | str) ->
     swatch = '<span style="display:inline-block;width:.9em;height:.9em;background:rgb{};vertical-align:middle"></span> '
     if kept:
         parts.append("<h4>Kept</h4>")
-        parts.append(
-            table(
-                ["masklet", "visible frames", "stability", "pred IoU", "rel. area", "edits"],
-                [
-                    (
-                        m["masklet_id"],
-                        m["num_visible"],
-                        _f(m["stability_mean"]),
-                        _f(m["pred_iou_mean"]),
-                        _f(m["area_rel_mean"], 4),
-                        m["edit_count"],
-                    )
-                    for m in kept
-                ],
-            )
-        )
+        parts.append(_masklet_table(kept))
         parts.append(
             "<p>" + " &nbsp; ".join(swatch.format(color(m["masklet_id"])) + str(m["masklet_id"]) for m in kept) + "</p>"
         )
@@ -242,25 +227,27 @@ def _video_section(video: dict, masklets: list[dict], overlay: Overlay | str) ->
         parts.append(f"<h4>Dropped ({len(dropped)})</h4>")
         if overlay.dropped_strip:
             parts.append(image(overlay.dropped_strip, "image/png", f"dropped masklets of {video['video_key']}"))
-        parts.append(
-            table(
-                ["masklet", "reason", "visible frames", "stability", "pred IoU", "rel. area", "edits"],
-                [
-                    (
-                        m["masklet_id"],
-                        m["reject_reason"],
-                        m["num_visible"],
-                        _f(m["stability_mean"]),
-                        _f(m["pred_iou_mean"]),
-                        _f(m["area_rel_mean"], 4),
-                        m["edit_count"],
-                    )
-                    for m in dropped
-                ],
-            )
-        )
+        parts.append(_masklet_table(dropped, with_reason=True))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _masklet_table(masklets: list[dict], with_reason: bool = False) -> str:
+    """One row per masklet with its quality statistics (and, for dropped ones, the filter that dropped it)."""
+    reason = ["reason"] if with_reason else []
+    rows = [
+        (
+            m["masklet_id"],
+            *([m["reject_reason"]] if with_reason else []),
+            m["num_visible"],
+            _f(m["stability_mean"]),
+            _f(m["pred_iou_mean"]),
+            _f(m["area_rel_mean"], 4),
+            m["edit_count"],
+        )
+        for m in masklets
+    ]
+    return table(["masklet", *reason, "visible frames", "stability", "pred IoU", "rel. area", "edits"], rows)
 
 
 def _f(value: float | None, digits: int = 3) -> str:
