@@ -115,9 +115,10 @@ class ClipSampler:
 
     def sample(self, rng: np.random.Generator, step: int) -> Clip:
         """A clip with at least one object on its first frame, preferably `min_objects` (retried up to 100
-        times). Before `focus_steps`, clips come from the first `focus_videos` videos only: a model
-        trained from scratch first learns to tell objects apart through its memory on a few videos,
-        where that is easy to discover, instead of settling for the most salient object everywhere."""
+        times). Before `focus_steps`, clips come from the first `focus_videos` videos only: a curriculum
+        meant to let a model trained from scratch find how to tell objects apart through its memory
+        (on a single clip it does within ~200 steps) before settling for the most salient object
+        everywhere; in the shipped demo run it was not enough (docs/demo-model.md)."""
         c = self.config
         pool = self.videos
         if c.focus_videos is not None and step < c.focus_steps:
