@@ -199,6 +199,17 @@ def test_training_lowers_the_loss(corpus: str, tmp_path: Path) -> None:
     assert result.losses["total"] < 0.7 * first.losses["total"], (first.losses, result.losses)
 
 
+def test_single_frame_clips_train_promptable_segmentation(corpus: str, tmp_path: Path) -> None:
+    """Stage one of a SAM -> SAM 2 schedule: clips of one frame, prompted by clicks and boxes only."""
+    c = config(corpus, str(tmp_path), clip={"frames": 1}, prompts={"p_mask": 0.0, "p_click": 0.5, "p_box": 0.5})
+    videos = load_videos(c.data, SPEC.image_size)
+    clip = ClipSampler(videos, c.clip, SPEC.image_size).sample(np.random.default_rng(0), 0)
+    assert clip.frames.shape[0] == 1
+    outputs = unroll(tiny().train(), clip.frames, clip.masks, c.prompts, np.random.default_rng(0))
+    assert [t for t, _ in outputs] == [0] * (1 + c.prompts.first_frame_corrections)
+    assert train(c, model=tiny(), on_log=lambda _: None).steps == 4
+
+
 def test_train_to_s3_and_resume_from_it(corpus: str, s3_bucket: str) -> None:
     out = f"s3://{s3_bucket}/runs/demo"
     train(config(corpus, out, optim={"steps": 2}), model=tiny(), on_log=lambda _: None)

@@ -85,7 +85,9 @@ class OptimConfig(Section):
 class ClipConfig(Section):
     """Which frames and objects make one training sample."""
 
-    frames: int = Field(default=8, ge=2, description="frames per clip (the paper: 8)")
+    frames: int = Field(
+        default=8, ge=1, description="frames per clip (the paper: 8); 1 trains promptable segmentation of single frames"
+    )
     max_stride: int = Field(default=4, ge=1, description="clips take every k-th annotated frame, k in 1..max_stride")
     max_objects: int = Field(default=3, ge=1, description="objects per clip, among those visible on its first frame")
     hflip: Fraction = Field(default=0.5, description="chance of flipping a clip left-right")

@@ -126,7 +126,7 @@ class ClipSampler:
         fallback = None
         for _ in range(100):
             video = pool[int(rng.integers(len(pool)))]
-            longest = (len(video.masklet) - 1) // (c.frames - 1)
+            longest = max((len(video.masklet) - 1) // max(c.frames - 1, 1), 1)
             stride = int(rng.integers(1, min(c.max_stride, longest) + 1))
             start = int(rng.integers(len(video.masklet) - (c.frames - 1) * stride))
             picks = list(range(start, start + c.frames * stride, stride))
