@@ -72,7 +72,8 @@ def run_job(args: argparse.Namespace, root: Path) -> tuple[int, float, Path]:
 
 def pipeline_alone(config_path: Path, overrides: list[str], cpus: float) -> tuple[int, float]:
     """(frames, seconds) of the same pipeline on frames decoded before the clock starts."""
-    from masklet.jobs.worker import load_model, resolve_device
+    from masklet.jobs.worker import load_model
+    from masklet.model.device import resolve_device
 
     config = load_config(str(config_path), overrides)
     device = resolve_device(config.model.device)

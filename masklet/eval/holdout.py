@@ -22,20 +22,18 @@ checked on its own: ground truth scored against itself gives 1.0. Masks are held
 from __future__ import annotations
 
 import logging
-import tarfile
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 
 from masklet.config import ConfigError, JobConfig
 from masklet.eval.metrics import masklet_scores, match_masklets
 from masklet.io import rle, sav
+from masklet.io.annotated import read_members
 from masklet.io.schema import MaskletRecord
-from masklet.io.sources import VIDEO_EXTENSIONS, Shard, VideoError, VideoInput, iter_videos, list_shards
+from masklet.io.sources import Shard, VideoError, VideoInput, iter_videos, list_shards
 from masklet.io.video import Frame
 from masklet.model import SAM2Model
 from masklet.pipelines.quality import MaskletSequences
@@ -64,24 +62,9 @@ def read_ground_truth(shard: Shard) -> tuple[list[str], dict[str, bytes]]:
     the ground truth must never reach a pipeline, and reading it up front lets a missing one stop the
     evaluation before any model time is spent.
     """
-    keys: list[str] = []
-    gts: dict[str, bytes] = {}
-    try:
-        with fsspec.open(shard.uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = member.name
-                ext = name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
-                if ext in VIDEO_EXTENSIONS:
-                    keys.append(name[: -len(ext) - 1])
-                elif name.endswith(GT_SUFFIX):
-                    data = tar.extractfile(member)
-                    assert data is not None, "regular members always have a file object"
-                    gts[name[: -len(GT_SUFFIX)]] = data.read()
-    except (tarfile.TarError, EOFError, zlib.error):
-        pass  # a truncated shard: what was read stands; iter_videos reports the break as an error row
-    return keys, gts
+    # a truncated shard: what was read stands; iter_videos reports the break as an error row
+    members = read_members(shard.uri, GT_SUFFIX.lstrip("."), video_bytes=False)
+    return list(members.videos), members.annotations
 
 
 def sampled_ground_truth(annotation: sav.SavAnnotation, frame_indices: Sequence[int]) -> dict[int, np.ndarray]:
@@ -311,7 +294,8 @@ def evaluate(
     video, in corpus order; a video that cannot be decoded or scored is a row with status "error".
     """
     from masklet.jobs.pipeline_registry import factory_path, load_factory
-    from masklet.jobs.worker import load_model, resolve_device
+    from masklet.jobs.worker import load_model
+    from masklet.model.device import resolve_device
 
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:

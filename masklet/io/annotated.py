@@ -10,8 +10,9 @@ in the source shards at `videos_uri` (an output that only references its videos)
 from __future__ import annotations
 
 import tarfile
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 
@@ -34,8 +35,8 @@ def iter_annotated(
     """Every `{key}.{suffix}` annotation under the tar shards at `uri` with its video, in shard order."""
     sources: dict[str, VideoInput | VideoError] | None = None
     for shard in list_shards(SourceConfig(uri=uri, format="wds")):
-        annotations, videos = _read_tar(shard.uri, suffix)
-        for key, raw in annotations.items():
+        members = read_members(shard.uri, suffix)
+        for key, raw in members.annotations.items():
             where = f"{shard.uri}#{key}.{suffix}"
             try:
                 annotation = sav.parse(raw)
@@ -43,8 +44,8 @@ def iter_annotated(
                 yield VideoError(sanitize_key(key), where, f"annotation {key}.{suffix} is not SA-V JSON: {exc}", key)
                 continue
             video: VideoInput | VideoError | None = None
-            if key in videos:
-                name, ext, data = videos[key]
+            if key in members.videos:
+                name, ext, data = members.videos[key]
                 video = VideoInput(sanitize_key(key), key, f"{shard.uri}#{name}", data, ext)
             elif videos_uri is not None:
                 sources = _index_sources(videos_uri) if sources is None else sources
@@ -58,25 +59,43 @@ def iter_annotated(
                 yield video
             else:
                 yield AnnotatedVideo(video, annotation)
+        if members.error is not None:
+            yield VideoError(sanitize_key(shard.id), shard.uri, members.error, shard.id)
 
 
-def _read_tar(uri: str, suffix: str) -> tuple[dict[str, bytes], dict[str, tuple[str, str, bytes]]]:
-    """Annotation members by key, and video members (name, extension, bytes) by key."""
-    annotations: dict[str, bytes] = {}
-    videos: dict[str, tuple[str, str, bytes]] = {}
-    with fsspec.open(uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile() or ".." in member.name.split("/") or member.name.startswith("/"):
-                continue
-            name = member.name
-            ext = name.rsplit(".", 1)[-1].lower()
-            reader = tar.extractfile(member)
-            assert reader is not None
-            if name.endswith(f".{suffix}"):
-                annotations[name[: -len(suffix) - 1]] = reader.read()
-            elif ext in VIDEO_EXTENSIONS:
-                videos[name[: -len(ext) - 1]] = (name, ext, reader.read())
-    return annotations, videos
+@dataclass
+class TarMembers:
+    """The annotation and video members of one tar shard, by key, in the order they came."""
+
+    annotations: dict[str, bytes] = field(default_factory=dict)
+    videos: dict[str, tuple[str, str, bytes | None]] = field(default_factory=dict)  # name, extension, bytes
+    error: str | None = None  # why the tar ended early, when it did (what was read before stands)
+
+
+def read_members(uri: str, suffix: str, *, video_bytes: bool = True) -> TarMembers:
+    """Read `{key}.{suffix}` members and video members of the tar at `uri` (video bytes only when asked).
+    Links, special members and unsafe names are skipped; a truncated tar keeps what came before the break."""
+    found = TarMembers()
+    try:
+        with fsspec.open(uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile() or ".." in member.name.split("/") or member.name.startswith("/"):
+                    continue
+                name = member.name
+                ext = name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
+                if name.endswith(f".{suffix}"):
+                    found.annotations[name[: -len(suffix) - 1]] = _read(tar, member)
+                elif ext in VIDEO_EXTENSIONS:
+                    found.videos[name[: -len(ext) - 1]] = (name, ext, _read(tar, member) if video_bytes else None)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        found.error = f"the tar shard is truncated or corrupt ({exc}); members after the break are lost"
+    return found
+
+
+def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    reader = tar.extractfile(member)
+    assert reader is not None, "regular members always have a file object"
+    return reader.read()
 
 
 def _index_sources(videos_uri: str) -> dict[str, VideoInput | VideoError]:

@@ -31,6 +31,7 @@ from masklet.jobs.metrics import WorkerMetrics
 from masklet.jobs.pipeline_registry import factory_path, load_factory
 from masklet.model import SAM2Model, build_model
 from masklet.model.checkpoint import load_checkpoint
+from masklet.model.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,6 @@ class TimedFrames:
             return
         finally:
             frames.close()
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto`: the GPU Ray gave this worker (it is cuda:0 under CUDA_VISIBLE_DEVICES), else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_model(config: JobConfig, device: torch.device, checkpoint_sha256: str | None) -> SAM2Model:

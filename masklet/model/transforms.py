@@ -39,8 +39,8 @@ def prepare_image(image: ArrayLike, image_size: int, device: torch.device | str 
     return normalize_images(x)
 
 
-def prepare_video_frame(frame: ArrayLike, image_size: int, device: torch.device | str | None = None) -> Tensor:
-    """A uint8 [H, W, 3] video frame -> the normalized model input [1, 3, S, S] of `SAM2VideoPredictor`.
+def resize_video_frame(frame: ArrayLike, image_size: int, device: torch.device | str | None = None) -> Tensor:
+    """A uint8 [H, W, 3] video frame -> uint8 [1, 3, S, S], resized as `SAM2VideoPredictor` loads frames.
 
     The official loader resizes with Pillow's default filter (antialiased bicubic), one axis at a
     time, rounding to uint8 after each pass; doing the same two passes in float on the device
@@ -50,7 +50,12 @@ def prepare_video_frame(frame: ArrayLike, image_size: int, device: torch.device 
     for size in ((x.shape[2], image_size), (image_size, image_size)):
         if tuple(x.shape[2:]) != size:
             x = F.interpolate(x, size=size, mode="bicubic", antialias=True).round_().clamp_(0, 255)
-    return normalize_images(x / 255.0)
+    return x.to(torch.uint8)
+
+
+def prepare_video_frame(frame: ArrayLike, image_size: int, device: torch.device | str | None = None) -> Tensor:
+    """A uint8 [H, W, 3] video frame -> the normalized model input [1, 3, S, S] of `SAM2VideoPredictor`."""
+    return normalize_images(resize_video_frame(frame, image_size, device))
 
 
 def scale_coords(coords: Tensor, orig_hw: tuple[int, int], image_size: int) -> Tensor:

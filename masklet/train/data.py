@@ -1,7 +1,7 @@
 """Training clips from SA-V annotated videos: decoded once, sampled many times.
 
 Frames are decoded at the annotated frame indices only and kept as the exact uint8 model input of
-the video tracker (`prepare_video_frame` rounds to whole grey levels), so training sees the pixels
+the video tracker (`resize_video_frame`, which `prepare_video_frame` normalizes), so training sees the pixels
 inference sees and costs no resize per step. Masks stay as RLE until a clip needs them.
 """
 
@@ -20,7 +20,7 @@ from masklet.io.annotated import AnnotatedVideo, iter_annotated
 from masklet.io.sources import VideoError
 from masklet.io.video import VideoDecodeError
 from masklet.model.sam2 import normalize_images
-from masklet.model.transforms import prepare_video_frame
+from masklet.model.transforms import resize_video_frame
 from masklet.train.config import ClipConfig, DataConfig
 
 log = logging.getLogger(__name__)
@@ -86,21 +86,14 @@ def _decode(item: AnnotatedVideo, image_size: int) -> TrainingVideo:
         for frame in stream:
             t = wanted.get(frame.index)
             if t is not None:
-                frames[t] = prepare_video_frame(frame.rgb, image_size, "cpu")
+                frames[t] = resize_video_frame(frame.rgb, image_size, "cpu")
             if frame.index >= ann.frame_indices[-1]:
                 break
     missing = [ann.frame_indices[t] for t, f in enumerate(frames) if f is None]
     if missing:
         raise VideoDecodeError(item.video.key, f"annotated frame(s) {missing[:5]} are not in the video")
     pixels = torch.cat(frames)  # type: ignore[arg-type]
-    return TrainingVideo(item.video.key, _to_uint8(pixels), ann.masklet)
-
-
-def _to_uint8(normalized: Tensor) -> Tensor:
-    """Undo `normalize_images` exactly: the tracker's input is whole grey levels / 255, normalized."""
-    zero = normalize_images(torch.zeros(1, 3, 1, 1))
-    one = normalize_images(torch.ones(1, 3, 1, 1))
-    return ((normalized - zero) / (one - zero) * 255).round_().clamp_(0, 255).to(torch.uint8)
+    return TrainingVideo(item.video.key, pixels, ann.masklet)
 
 
 class ClipSampler:

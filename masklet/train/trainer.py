@@ -22,6 +22,7 @@ import torch
 
 from masklet.io import storage
 from masklet.model.checkpoint import CheckpointError, check_state_dict, load_checkpoint, save_checkpoint
+from masklet.model.device import resolve_device
 from masklet.model.sam2 import SAM2Model, build_model
 from masklet.train.config import TrainConfig
 from masklet.train.data import ClipSampler, load_videos
@@ -40,10 +41,6 @@ class TrainResult:
     steps: int
     resumed_from: int
     losses: dict[str, float]
-
-
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
 
 
 def build_trainable(config: TrainConfig, device: torch.device) -> SAM2Model:
