@@ -106,8 +106,15 @@ class PipelineConfig(Section):
     reseed_every: int | None = Field(default=None, ge=1, description="annotated frames between re-seeds")
     new_object_iou_thresh: Fraction = 0.3
     edit_iou_thresh: Fraction = 0.7
-    max_objects: int = Field(default=64, ge=1)
+    max_objects: int = Field(default=64, ge=1, description="cap on objects tracked at once")
     propagate_backward: bool = False
+    drop_lost_after: int | None = Field(
+        default=None,
+        ge=1,
+        description="stop tracking an automatic masklet's object after this many consecutive annotated frames "
+        "unseen (object score <= 0 or empty mask), as a lost object costs a tracker row every frame; null: "
+        "never, as SA-V objects can leave and come back",
+    )
     prompt_frames: Literal["snap", "exact"] = Field(
         default="snap",
         description="a prompt on a frame the fps stride skips: snap to the nearest annotated frame, or refuse",
@@ -152,9 +159,7 @@ class FiltersConfig(Section):
     @model_validator(mode="after")
     def _area_range(self) -> FiltersConfig:
         if self.min_area_rel > self.max_area_rel:
-            raise ValueError(
-                f"min_area_rel ({self.min_area_rel}) must not exceed max_area_rel ({self.max_area_rel})"
-            )
+            raise ValueError(f"min_area_rel ({self.min_area_rel}) must not exceed max_area_rel ({self.max_area_rel})")
         return self
 
 

@@ -63,7 +63,7 @@ class ProposerDouble:
     hide: dict[int, set[int]] = field(default_factory=dict)
     calls: list[int] = field(default_factory=list)
 
-    def __call__(self, rgb: np.ndarray) -> Proposals:
+    def __call__(self, rgb: np.ndarray, features: object = None) -> Proposals:
         t = self.truth.position(rgb)
         self.calls.append(t)
         keep = [k for k, m in enumerate(self.truth.visible[t]) if m.any() and t not in self.hide.get(k, set())]
@@ -93,6 +93,8 @@ class TrackerDouble:
         self.pending: dict[int, np.ndarray] = {}
         self.steps: list[tuple[int, list[int]]] = []  # (position, objects) per step: one call per frame
         self.corrections: list[tuple[int, dict[int, int]]] = []
+        self.removed: dict[int, int] = {}  # obj_id -> the gt id it followed
+        self.encoded: list[int] = []  # positions encoded ahead of their step (seed frames)
         self._last = start
 
     def _gt(self, t: int, mask: np.ndarray) -> int:
@@ -126,6 +128,11 @@ class TrackerDouble:
             t, list(obj_ids), logits, torch.full((n,), 0.9), torch.tensor(scores), torch.zeros(n, 1), (h, w)
         )
 
+    def encode(self, rgb: np.ndarray) -> np.ndarray:
+        """The double's "features" of a frame are the frame itself."""
+        self.encoded.append(self.truth.position(rgb))
+        return rgb
+
     def step(self, rgb: np.ndarray) -> TrackOutput:
         t = self.truth.position(rgb)
         assert t == self.position, f"tracker at position {self.position} got frame {t}"
@@ -137,6 +144,10 @@ class TrackerDouble:
         self._last = t
         self.position += -1 if self.reverse else 1
         return out
+
+    def remove_object(self, obj_id: int) -> None:
+        self.removed[obj_id] = self.follows.pop(obj_id)
+        self.pending.pop(obj_id, None)
 
     def correct(self, masks: Mapping[int, np.ndarray]) -> TrackOutput:
         t = self._last

@@ -12,14 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_double import ProposerDouble, Script, TrackerFactoryDouble, Truth, frame_folder, job_config
+from model_double import ProposerDouble, Script, TrackerDouble, TrackerFactoryDouble, Truth, frame_folder, job_config
 from tiny_sam2 import tiny_model
 
 from masklet.config import PipelineConfig
 from masklet.io import rle
 from masklet.io.schema import MaskletRecord
 from masklet.jobs.pipeline_registry import factory_path, load_factory
-from masklet.pipelines.autolabel import AutoLabeler, match
+from masklet.pipelines.autolabel import AutoLabeler, automask_config, match
+from masklet.pipelines.automask import AutoMaskGenerator
+from masklet.pipelines.tracking import tracker_factory
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -36,6 +38,11 @@ def run(
 def follows(trackers: TrackerFactoryDouble) -> dict[int, int]:
     """masklet id -> GT object, as the forward tracker ended up following them."""
     return trackers.made[0].follows
+
+
+def trackers_after(truth: Truth, **options: object) -> TrackerDouble:
+    """The forward tracker of a run."""
+    return run(truth, **options)[1].made[0]
 
 
 def masks(record: MaskletRecord) -> list[np.ndarray]:
@@ -117,6 +124,36 @@ def test_without_backward_late_masklets_start_at_birth() -> None:
     assert by_gt[1].frame_indices == list(range(2, 8)) and truth.decodes == 1
 
 
+def test_lost_objects_are_dropped_after_n_unseen_frames() -> None:
+    """GT object 2 is out of the frame on 2-5: with drop_lost_after=2 it stops being tracked after frame 3."""
+    truth = Truth()
+    off, _, _ = run(truth)
+    records, trackers, _ = run(truth, drop_lost_after=2)
+    tracker = trackers.made[0]
+    (gone,) = tracker.removed
+    assert tracker.removed[gone] == 2
+    assert [len(objs) for _, objs in tracker.steps] == [0, 2, 2, 2, 1, 1, 1, 1]  # one row fewer from frame 4
+    by_id = {r.masklet_id: r for r in records}
+    assert by_id[gone].frame_indices == list(range(8))  # an entry per frame to the end, empty once dropped
+    assert [m.any() for m in masks(by_id[gone])] == [True, True] + [False] * 6  # even when it is back on 6
+    assert by_id[gone].object_score[4:] == [0.0] * 4
+    assert [r for r in records if r.masklet_id != gone] == [r for r in off if r.masklet_id != gone]
+    # unseen on 4 consecutive frames, 2-5: dropped at 4, not at 5, which leaves everything as with the option off
+    assert trackers_after(truth, drop_lost_after=4).removed and not trackers_after(truth, drop_lost_after=5).removed
+    assert run(truth, drop_lost_after=5)[0] == off
+
+
+def test_a_dropped_object_is_not_matched_and_may_start_a_new_masklet() -> None:
+    truth = Truth()
+    records, trackers, _ = run(truth, reseed_every=1, drop_lost_after=2)
+    tracker = trackers.made[0]
+    (gone,) = tracker.removed
+    assert [t for t, fixes in tracker.corrections if gone in fixes] == [0]  # born on 0, never edited once dropped
+    reborn = [r for r in records if tracker.follows.get(r.masklet_id) == 2]
+    assert [r.first_frame for r in reborn] == [6] and reborn[0].masklet_id > max(tracker.removed)
+    assert all(r.frame_indices == list(range(r.frame_indices[0], 8)) for r in records)
+
+
 def test_match_rules() -> None:
     h = w = 20
 
@@ -165,3 +202,23 @@ def test_end_to_end_with_a_tiny_model(tmp_path: Path) -> None:
         assert r.kept == (r.reject_reason is None)
         assert r.kept or r.reject_reason
     assert [r.masklet_id for r in records] == sorted({r.masklet_id for r in records})
+
+
+def test_a_seed_frame_is_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generator proposes from the tracker's features of a seed frame: one image-encoder call per
+    frame; given features of the same model input, it finds what it finds encoding the frame itself."""
+    truth = Truth(frames=3)
+    model = tiny_model()
+    config = PipelineConfig(reseed_every=1, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    generator = AutoMaskGenerator(model, automask_config(config))
+    calls: list[int] = []
+    encoder = model.image_encoder.forward
+    monkeypatch.setattr(model.image_encoder, "forward", lambda x: calls.append(1) or encoder(x))
+    records = AutoLabeler(config, tracker_factory(model), generator.generate)("vid", iter(truth))
+    assert records and len(calls) == 3  # 64x48 frames: the correction on frame 0 reuses them too
+
+    square = Truth(width=128, height=128, frames=1).rgb[0]  # at the model's size both recipes only normalize
+    own = generator.generate(square)
+    shared = generator.generate(square, tracker_factory(model)(reverse=False, start=0).encode(square))
+    assert torch.equal(own.masks, shared.masks) and torch.equal(own.predicted_iou, shared.predicted_iou)
+    assert trackers_after(Truth(), reseed_every=3).encoded == [0, 3, 6]

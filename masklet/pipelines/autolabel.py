@@ -8,7 +8,7 @@ the tracker holds on that frame, after the frame is tracked:
 - a candidate matching no tracked object (IoU < `new_object_iou_thresh` with every visible tracked
   mask and with the last visible mask of every lost object) and not mostly inside the union of
   visible tracked masks (< `COVERED_FRACTION` of its area: a part of a tracked object is not a new
-  object) starts a masklet, while fewer than `max_objects` masklets exist;
+  object) starts a masklet, while fewer than `max_objects` objects are tracked;
 - a visible tracked object that no candidate confirms (IoU >= `edit_iou_thresh`) but one overlaps
   (IoU >= `new_object_iou_thresh`, and this object is that candidate's best match) is corrected with
   that candidate's mask: one *edit* for the masklet;
@@ -19,7 +19,14 @@ the tracker holds on that frame, after the frame is tracked:
 Edits count corrected frames per masklet (SA-V's `masklet_edited_frame_count`). Corrections and new
 masklets land on the frame being judged (`VideoTracker.correct`), as conditioning frames. All objects
 advance in one batched `step` per frame. With `propagate_backward`, masklets born after the first
-frame are tracked back to it by one reverse tracker, over frames decoded again (`tracking`).
+frame are tracked back to it by one reverse tracker, over frames decoded again (`tracking`). With
+`drop_lost_after`, an object unseen (object score <= 0 or empty mask) on that many consecutive frames
+stops being tracked: it is no longer matched, its masklet is empty from then on, and a later seed
+frame that finds the object again starts a new masklet.
+
+A seed frame is encoded once: the generator proposes from the tracker's features of the frame, so
+both see the pixels the official video predictor would (its bicubic resize on uint8; the image
+generator on its own resizes bilinear on floats, as the official image predictor does).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from masklet.io.schema import MaskletRecord
 from masklet.io.sources import VideoInput
 from masklet.io.video import Frame
 from masklet.model import SAM2Model
+from masklet.model.sam2 import ImageFeatures
 from masklet.model.tracker import TrackOutput
 from masklet.pipelines.automask import AutoMaskConfig, AutoMaskGenerator
 from masklet.pipelines.filters import apply_filters
@@ -52,6 +60,13 @@ class Proposals(Protocol):
 
     masks: Tensor
     predicted_iou: Tensor
+
+
+class Proposer(Protocol):
+    """Automatic mask generation on a uint8 RGB frame (`AutoMaskGenerator.generate` is one), from the
+    tracker's features of that frame."""
+
+    def __call__(self, image: np.ndarray, features: ImageFeatures | None = None) -> Proposals: ...
 
 
 @dataclass
@@ -129,7 +144,10 @@ class AutoLabeler:
     """The automatic pipeline for one video at a time, on any tracker and mask proposer."""
 
     def __init__(
-        self, config: PipelineConfig, make_tracker: TrackerFactory, propose: Callable[[np.ndarray], Proposals]
+        self,
+        config: PipelineConfig,
+        make_tracker: TrackerFactory,
+        propose: Proposer,
     ) -> None:
         self.config = config
         self.make_tracker = make_tracker
@@ -150,12 +168,17 @@ class AutoLabeler:
         edits: dict[int, int] = {}
         last_visible: dict[int, Tensor] = {}
         births: dict[int, tuple[int, Tensor]] = {}  # late-born obj -> (position, mask), for the backward pass
-        obj_ids: list[int] = []
+        obj_ids: list[int] = []  # tracked, in the order they were added
+        next_id = 1
+        unseen: dict[int, int] = {}  # consecutive frames each tracked object has not been visible
+        dropped: list[int] = []  # no longer tracked (drop_lost_after)
         for position, frame in enumerate(frames):
-            outputs = [tracker.step(frame.rgb)]
+            seed = self._is_seed(position)
+            features = tracker.encode(frame.rgb) if seed else None
+            outputs = [tracker.step(frame.rgb if features is None else features)]
             current = _visible_masks(outputs[0])
-            if self._is_seed(position):
-                found = self.propose(frame.rgb)
+            if seed:
+                found = self.propose(frame.rgb, features)
                 masks = found.masks.cpu().bool()
                 blank = torch.zeros(current.shape[1:], dtype=torch.bool)
                 before = torch.stack([last_visible.get(o, blank) for o in obj_ids]) if obj_ids else current
@@ -170,7 +193,6 @@ class AutoLabeler:
                     room=c.max_objects - len(obj_ids),
                 )
                 fixes = {o: masks[i].numpy() for o, i in decided.edits.items()}
-                next_id = max(obj_ids, default=0) + 1
                 for k, i in enumerate(decided.new):
                     fixes[next_id + k] = masks[i].numpy()
                     if position > 0 and c.propagate_backward:
@@ -180,11 +202,24 @@ class AutoLabeler:
                 if fixes:
                     outputs.append(tracker.correct(fixes))
                     obj_ids += [next_id + k for k in range(len(decided.new))]
+                    next_id += len(decided.new)
+            seen: dict[int, bool] = {}  # a correction's output overrides the step's
             for out in outputs:
                 record(sequences, frame.index, out)
                 for o, mask in zip(out.obj_ids, _visible_masks(out), strict=True):
-                    if mask.any():
+                    seen[o] = bool(mask.any())
+                    if seen[o]:
                         last_visible[o] = mask
+            sequences.add_untracked(frame.index, dropped)
+            if c.drop_lost_after is not None:
+                for o, visible in seen.items():
+                    unseen[o] = 0 if visible else unseen.get(o, 0) + 1
+                    if unseen[o] >= c.drop_lost_after:
+                        tracker.remove_object(o)
+                        obj_ids.remove(o)
+                        dropped.append(o)
+                        del unseen[o]
+                        last_visible.pop(o, None)
         if births:
             if reopen is None:
                 raise ValueError("propagate_backward needs the video decoded again, and no reopen was given")

@@ -185,12 +185,22 @@ class AutoMaskGenerator:
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
-    def generate(self, image: ArrayLike) -> AutoMasks:
-        """Masks of a uint8 RGB image [H, W, 3] (numpy or torch)."""
+    def generate(self, image: ArrayLike, features: ImageFeatures | None = None) -> AutoMasks:
+        """Masks of a uint8 RGB image [H, W, 3] (numpy or torch).
+
+        `features`: the whole image's features when the caller already has them (a video tracker's, of
+        the same frame), so that it is not encoded twice. Without them the image is prepared as the
+        official image predictor does (`prepare_image`), which the official generator's masks need.
+        """
         c = self.config
         h, w = int(image.shape[0]), int(image.shape[1])
         boxes, layers = crop_boxes((h, w), c.crop_n_layers, c.crop_overlap_ratio)
-        found = _Candidates.cat([self._process_crop(image, i, boxes[i], layers[i], (h, w)) for i in range(len(boxes))])
+        found = _Candidates.cat(
+            [
+                self._process_crop(image, i, boxes[i], layers[i], (h, w), features if i == 0 else None)
+                for i in range(len(boxes))
+            ]
+        )
         crop_xyxy = torch.tensor(boxes, dtype=torch.int64, device=found.crop.device)
         if len(boxes) > 1:
             # prefer masks from smaller crops: they saw the object at a higher resolution
@@ -210,12 +220,21 @@ class AutoMaskGenerator:
         )
 
     def _process_crop(
-        self, image: ArrayLike, index: int, crop_box: CropBox, layer: int, image_hw: tuple[int, int]
+        self,
+        image: ArrayLike,
+        index: int,
+        crop_box: CropBox,
+        layer: int,
+        image_hw: tuple[int, int],
+        features: ImageFeatures | None,
     ) -> _Candidates:
-        """Candidates of one crop after within-crop NMS, with boxes and points in image pixels."""
+        """Candidates of one crop after within-crop NMS, with boxes and points in image pixels; the crop
+        is encoded unless its `features` are given."""
         x0, y0, x1, y1 = crop_box
         crop_hw = (y1 - y0, x1 - x0)
-        features = self.model.encode_image(prepare_image(image[y0:y1, x0:x1], self.model.spec.image_size, self.device))
+        if features is None:
+            crop = prepare_image(image[y0:y1, x0:x1], self.model.spec.image_size, self.device)
+            features = self.model.encode_image(crop)
         grid = self.point_grids[layer] * np.array([crop_hw[1], crop_hw[0]])
         points = torch.as_tensor(grid, dtype=torch.float32, device=self.device)
         step = self.config.points_per_batch

@@ -22,24 +22,30 @@ def stability_score(logits: Tensor, mask_threshold: float, offset: float) -> Ten
 
     The first mask lies inside the second, so the IoU is a ratio of areas: a mask whose edge moves
     little when the cut-off moves scores near 1. A mask empty at the lower cut-off scores 0 (the
-    official code divides 0 by 0 and gets NaN; either fails any positive threshold).
+    official code divides 0 by 0 and gets NaN; either fails any positive threshold). Areas are summed
+    as the official code does, rows in int16 (W < 32768), then int32: twice as fast on CPU as a sum of
+    bools, which torch reduces in int64.
     """
-    inner = (logits > mask_threshold + offset).flatten(-2).sum(-1)
-    outer = (logits > mask_threshold - offset).flatten(-2).sum(-1)
+    inner = (logits > mask_threshold + offset).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
+    outer = (logits > mask_threshold - offset).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32)
     return torch.where(outer > 0, inner / outer.clamp(min=1), 0.0)
 
 
 def masks_to_boxes(masks: Tensor) -> Tensor:
     """Boxes (x0, y0, x1, y1) int64 [N, 4] of bool masks [N, H, W], with x1 / y1 the last pixel inside
-    (inclusive, as the official `batched_mask_to_box`); an empty mask gets (0, 0, 0, 0)."""
+    (inclusive, as the official `batched_mask_to_box`); an empty mask gets (0, 0, 0, 0).
+
+    Rows and columns are reduced with `amax` on the masks' bytes: torch's `any` over a bool stack is
+    several times slower on CPU, and this runs on every candidate of automatic mask generation."""
     n, h, w = masks.shape
-    rows, cols = masks.any(-1), masks.any(-2)  # [N, H], [N, W]
-    top = rows.int().argmax(-1)
-    bottom = h - 1 - rows.flip(-1).int().argmax(-1)
-    left = cols.int().argmax(-1)
-    right = w - 1 - cols.flip(-1).int().argmax(-1)
-    boxes = torch.stack([left, top, right, bottom], dim=-1).long()
-    return torch.where(rows.any(-1)[:, None], boxes, 0)
+    pixels = masks.view(torch.uint8)
+    rows, cols = pixels.amax(-1), pixels.amax(-2)  # [N, H], [N, W], 1 where the mask has a pixel
+    top = rows.argmax(-1)
+    bottom = h - 1 - rows.flip(-1).argmax(-1)
+    left = cols.argmax(-1)
+    right = w - 1 - cols.flip(-1).argmax(-1)
+    boxes = torch.stack([left, top, right, bottom], dim=-1)
+    return torch.where(rows.amax(-1, keepdim=True) > 0, boxes, 0)
 
 
 def small_components(binary: Tensor, max_area: int) -> Tensor:

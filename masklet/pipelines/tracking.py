@@ -20,6 +20,7 @@ import torch
 
 from masklet.io.video import Frame
 from masklet.model import SAM2Model
+from masklet.model.sam2 import ImageFeatures
 from masklet.model.tracker import TrackOutput, VideoTracker
 from masklet.model.transforms import ArrayLike
 from masklet.pipelines.quality import MaskletSequences
@@ -43,9 +44,13 @@ class Tracker(Protocol):
 
     def add_object(self, obj_id: int, **prompt: object) -> None: ...
 
-    def step(self, frame: np.ndarray) -> TrackOutput: ...
+    def encode(self, frame: np.ndarray) -> ImageFeatures: ...
+
+    def step(self, frame: np.ndarray | ImageFeatures) -> TrackOutput: ...
 
     def correct(self, masks: Mapping[int, ArrayLike]) -> TrackOutput: ...
+
+    def remove_object(self, obj_id: int) -> None: ...
 
 
 class TrackerFactory(Protocol):
