@@ -13,13 +13,14 @@ from tiny_sam2 import TINY
 
 from masklet.cli import main
 from masklet.config import ConfigError
+from masklet.io import rle
 from masklet.model import build_model
 from masklet.model.checkpoint import load_checkpoint
 from masklet.model.sam2 import SegmentOutput
 from masklet.synth.corpus import write_corpus
 from masklet.train import clicks
-from masklet.train.config import LossConfig, PromptConfig, TrainConfig, load_train_config
-from masklet.train.data import ClipSampler, load_videos
+from masklet.train.config import ClipConfig, LossConfig, PromptConfig, TrainConfig, load_train_config
+from masklet.train.data import ClipSampler, NoTrainingData, TrainingVideo, load_videos
 from masklet.train.losses import frame_loss
 from masklet.train.trainer import train
 from masklet.train.unroll import unroll
@@ -131,6 +132,21 @@ def test_sampler_focuses_on_few_videos_first_and_prefers_several_objects(corpus:
     clips = [sampler.sample(np.random.default_rng(i), step=10) for i in range(20)]
     assert all(clip.masks[0].flatten(1).any(1).all() for clip in clips)  # every object is on the first frame
     assert all(clip.masks.shape[1] >= 2 for clip in clips)
+
+
+def test_sampler_skips_objects_the_resize_makes_vanish() -> None:
+    """A 1-pixel object of a 256x256 video has no pixel at 64: no prompt could be drawn from it."""
+    big, speck = np.zeros((256, 256), bool), np.zeros((256, 256), bool)
+    big[64:192, 64:192], speck[10, 10] = True, True
+    masklet = [rle.encode_batch(np.stack([speck, big])) for _ in range(4)]
+    video = TrainingVideo("v", torch.zeros(4, 3, 64, 64, dtype=torch.uint8), masklet)
+    c = ClipConfig(frames=2, max_objects=2, min_objects=2)
+    clips = [ClipSampler([video], c, 64).sample(np.random.default_rng(i), 0) for i in range(5)]
+    assert all(clip.masks.shape[1] == 1 and clip.masks[0, 0].any() for clip in clips)
+    with pytest.raises(NoTrainingData, match="no visible object"):
+        ClipSampler([TrainingVideo("v", video.frames, [m[:1] for m in masklet])], c, 64).sample(
+            np.random.default_rng(0), 0
+        )
 
 
 # ---------------------------------------------------------------- unroll

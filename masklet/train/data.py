@@ -123,7 +123,7 @@ class ClipSampler:
             stride = int(rng.integers(1, min(c.max_stride, longest) + 1))
             start = int(rng.integers(len(video.masklet) - (c.frames - 1) * stride))
             picks = list(range(start, start + c.frames * stride, stride))
-            visible = [o for o, r in enumerate(video.masklet[start]) if rle.area(r) > 0]
+            visible = self._visible(video.masklet[start])
             if len(visible) >= c.min_objects:
                 return self._clip(video, picks, visible, rng)
             if visible and fallback is None:
@@ -131,6 +131,15 @@ class ClipSampler:
         if fallback is None:
             raise NoTrainingData("100 random clips in a row had no visible object on their first frame")
         return self._clip(*fallback, rng)
+
+    def _visible(self, frame: list[rle.RLE]) -> list[int]:
+        """Objects with pixels on this frame at the model's input size: a tiny object can vanish in the
+        resize, and a prompt cannot be drawn from an empty mask."""
+        present = [o for o, r in enumerate(frame) if rle.area(r) > 0]
+        if not present:
+            return []
+        resized = self._resize(torch.from_numpy(rle.decode_batch([frame[o] for o in present]))[None])[0]
+        return [o for o, m in zip(present, resized, strict=True) if m.any()]
 
     def _clip(self, video: TrainingVideo, picks: list[int], visible: list[int], rng: np.random.Generator) -> Clip:
         objects = rng.permutation(visible)[: self.config.max_objects].tolist()
