@@ -42,6 +42,7 @@ demo: install
 # Reproduces the shipped masklet/weights/masklet_demo.pt (about an hour on a 2-core CPU; docs/demo-model.md).
 demo-model: install
 	$(BIN)/masklet synth demo-output/train-corpus --videos 120 --per-shard 20 --seed 100
+	$(BIN)/masklet train configs/train-demo-stage1.yaml
 	$(BIN)/masklet train configs/train-demo.yaml
 	cp demo-output/train-demo/model.pt masklet/weights/masklet_demo.pt
 

@@ -22,7 +22,7 @@ from masklet.train import clicks
 from masklet.train.config import ClipConfig, LossConfig, PromptConfig, TrainConfig, load_train_config
 from masklet.train.data import ClipSampler, NoTrainingData, TrainingVideo, load_videos
 from masklet.train.losses import frame_loss
-from masklet.train.trainer import train
+from masklet.train.trainer import param_groups, train
 from masklet.train.unroll import unroll
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -121,15 +121,13 @@ def test_loss_supervises_the_best_mask_and_the_real_iou() -> None:
     assert absent["object_score"] == pytest.approx(20.0, abs=1e-3)
 
 
-def test_sampler_focuses_on_few_videos_first_and_prefers_several_objects(corpus: str) -> None:
-    c = config(corpus, "unused", clip={"focus_videos": 1, "focus_steps": 5, "min_objects": 2, "max_objects": 3})
+def test_sampler_prefers_several_objects_on_the_first_frame(corpus: str) -> None:
+    c = config(corpus, "unused", clip={"min_objects": 2, "max_objects": 3})
     videos = load_videos(c.data, SPEC.image_size)
     assert len(videos) == 3
     sampler = ClipSampler(videos, c.clip, SPEC.image_size)
-    early = {sampler.sample(np.random.default_rng(i), step=i % 5).key for i in range(20)}
-    late = {sampler.sample(np.random.default_rng(i), step=5).key for i in range(20)}
-    assert early == {videos[0].key} and len(late) > 1
-    clips = [sampler.sample(np.random.default_rng(i), step=10) for i in range(20)]
+    clips = [sampler.sample(np.random.default_rng(i)) for i in range(20)]
+    assert len({clip.key for clip in clips}) > 1
     assert all(clip.masks[0].flatten(1).any(1).all() for clip in clips)  # every object is on the first frame
     assert all(clip.masks.shape[1] >= 2 for clip in clips)
 
@@ -141,12 +139,25 @@ def test_sampler_skips_objects_the_resize_makes_vanish() -> None:
     masklet = [rle.encode_batch(np.stack([speck, big])) for _ in range(4)]
     video = TrainingVideo("v", torch.zeros(4, 3, 64, 64, dtype=torch.uint8), masklet)
     c = ClipConfig(frames=2, max_objects=2, min_objects=2)
-    clips = [ClipSampler([video], c, 64).sample(np.random.default_rng(i), 0) for i in range(5)]
+    clips = [ClipSampler([video], c, 64).sample(np.random.default_rng(i)) for i in range(5)]
     assert all(clip.masks.shape[1] == 1 and clip.masks[0, 0].any() for clip in clips)
     with pytest.raises(NoTrainingData, match="no visible object"):
         ClipSampler([TrainingVideo("v", video.frames, [m[:1] for m in masklet])], c, 64).sample(
-            np.random.default_rng(0), 0
+            np.random.default_rng(0)
         )
+
+
+def test_param_groups_slow_the_encoder_and_decay_matrices_only(corpus: str) -> None:
+    model = tiny()
+    c = config(corpus, "unused", optim={"lr": 1e-3, "encoder_lr_ratio": 0.05, "weight_decay": 0.1})
+    groups = param_groups(model, c)
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in model.parameters())
+    encoder = {id(p) for p in model.image_encoder.parameters()}
+    lr = {id(p): g["lr"] for g in groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert lr[id(p)] == pytest.approx(5e-5 if id(p) in encoder else 1e-3), name
+        assert decay[id(p)] == (0.1 if p.ndim > 1 and "pos_embed" not in name else 0.0), name
 
 
 # ---------------------------------------------------------------- unroll
@@ -157,7 +168,7 @@ def test_unroll_is_differentiable_through_memory(corpus: str, kind: str) -> None
     model = tiny().train()
     c = config(corpus, "unused")
     videos = load_videos(c.data, SPEC.image_size)
-    clip = ClipSampler(videos, c.clip, SPEC.image_size).sample(np.random.default_rng(1), 0)
+    clip = ClipSampler(videos, c.clip, SPEC.image_size).sample(np.random.default_rng(1))
     assert clip.frames.shape == (4, 3, 64, 64) and clip.masks.shape[:2][0] == 4
     prompts = PromptConfig(
         p_mask=float(kind == "mask"), p_click=float(kind == "click"), p_box=float(kind == "box"), p_correct_later=1.0
@@ -219,7 +230,7 @@ def test_single_frame_clips_train_promptable_segmentation(corpus: str, tmp_path:
     """Stage one of a SAM -> SAM 2 schedule: clips of one frame, prompted by clicks and boxes only."""
     c = config(corpus, str(tmp_path), clip={"frames": 1}, prompts={"p_mask": 0.0, "p_click": 0.5, "p_box": 0.5})
     videos = load_videos(c.data, SPEC.image_size)
-    clip = ClipSampler(videos, c.clip, SPEC.image_size).sample(np.random.default_rng(0), 0)
+    clip = ClipSampler(videos, c.clip, SPEC.image_size).sample(np.random.default_rng(0))
     assert clip.frames.shape[0] == 1
     outputs = unroll(tiny().train(), clip.frames, clip.masks, c.prompts, np.random.default_rng(0))
     assert [t for t, _ in outputs] == [0] * (1 + c.prompts.first_frame_corrections)

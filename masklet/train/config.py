@@ -76,6 +76,12 @@ class OptimConfig(Section):
 
     steps: int = Field(default=3000, ge=1)
     lr: float = Field(default=1e-3, gt=0)
+    encoder_lr_ratio: float = Field(
+        default=1.0,
+        gt=0,
+        description="the image encoder learns at lr * this (the official training gives it its own lower lr); "
+        "from scratch, a fast-changing encoder keeps the decoder from learning where a prompt points",
+    )
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_steps: int = Field(default=100, ge=0)
     final_lr_ratio: Fraction = 0.05
@@ -92,10 +98,6 @@ class ClipConfig(Section):
     max_objects: int = Field(default=3, ge=1, description="objects per clip, among those visible on its first frame")
     hflip: Fraction = Field(default=0.5, description="chance of flipping a clip left-right")
     min_objects: int = Field(default=2, ge=1, description="prefer clips with this many objects on the first frame")
-    focus_videos: int | None = Field(
-        default=None, ge=1, description="draw the first `focus_steps` clips from this many videos only; null: off"
-    )
-    focus_steps: int = Field(default=0, ge=0)
 
 
 class TrainOutputConfig(Section):

@@ -106,19 +106,13 @@ class ClipSampler:
         self.config = config
         self.image_size = image_size
 
-    def sample(self, rng: np.random.Generator, step: int) -> Clip:
+    def sample(self, rng: np.random.Generator) -> Clip:
         """A clip with at least one object on its first frame, preferably `min_objects` (retried up to 100
-        times). Before `focus_steps`, clips come from the first `focus_videos` videos only: a curriculum
-        meant to let a model trained from scratch find how to tell objects apart through its memory
-        (on a single clip it does within ~200 steps) before settling for the most salient object
-        everywhere; in the shipped demo run it was not enough (docs/demo-model.md)."""
+        times)."""
         c = self.config
-        pool = self.videos
-        if c.focus_videos is not None and step < c.focus_steps:
-            pool = self.videos[: c.focus_videos]
         fallback = None
         for _ in range(100):
-            video = pool[int(rng.integers(len(pool)))]
+            video = self.videos[int(rng.integers(len(self.videos)))]
             longest = max((len(video.masklet) - 1) // max(c.frames - 1, 1), 1)
             stride = int(rng.integers(1, min(c.max_stride, longest) + 1))
             start = int(rng.integers(len(video.masklet) - (c.frames - 1) * stride))

@@ -55,6 +55,23 @@ def build_trainable(config: TrainConfig, device: torch.device) -> SAM2Model:
     return model.train()
 
 
+def param_groups(model: SAM2Model, config: TrainConfig) -> list[dict]:
+    """AdamW groups: weight decay on matrices only (not on biases, norms or position embeddings), and
+    the image encoder at `encoder_lr_ratio` of the learning rate."""
+    o = config.optim
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        groups.setdefault((name.startswith("image_encoder."), p.ndim > 1 and "pos_embed" not in name), []).append(p)
+    return [
+        {
+            "params": params,
+            "lr": o.lr * (o.encoder_lr_ratio if encoder else 1.0),
+            "weight_decay": o.weight_decay if decay else 0.0,
+        }
+        for (encoder, decay), params in sorted(groups.items())
+    ]
+
+
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Linear warm-up to 1, then cosine decay to `final_lr_ratio`."""
     o = config.optim
@@ -83,12 +100,7 @@ def train(
         torch.set_num_threads(config.threads)
     device = resolve_device(config.model.device)
     model = build_trainable(config, device) if model is None else model.to(device).train()
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.optim.lr,
-    )
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     last_uri = storage.join(config.output.uri, LAST)
     start = _resume(last_uri, model, optimizer, scheduler, config, on_log)
@@ -131,7 +143,7 @@ def _step(
     step: int,
 ) -> dict[str, float]:
     rng = np.random.default_rng([config.seed, step])
-    clip = sampler.sample(rng, step)
+    clip = sampler.sample(rng)
     frames, masks = clip.frames.to(device), clip.masks.to(device)
     with _autocast(device, config.model.dtype):
         outputs = unroll(model, frames, masks, config.prompts, rng)
