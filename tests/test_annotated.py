@@ -6,7 +6,9 @@ import io
 import tarfile
 from pathlib import Path
 
-from masklet.io.annotated import AnnotatedVideo, iter_annotated
+import pytest
+
+from masklet.io.annotated import AnnotatedVideo, iter_annotated, read_members
 from masklet.io.sources import VideoError
 from masklet.synth.corpus import write_corpus
 
@@ -54,3 +56,52 @@ def test_annotations_with_videos_in_the_tar_or_in_the_sources(tmp_path: Path) ->
     missing = [i for i in iter_annotated(str(labels / "out.tar"), "json") if isinstance(i, VideoError)]
     assert {e.key for e in missing} == {*keys, "stray"}
     assert all("no video for annotation" in e.reason for e in missing if e.key != "stray")
+
+
+@pytest.fixture
+def three_samples(tmp_path: Path) -> tuple[Path, bytes, list[int]]:
+    """A synthetic 3-video shard, its bytes and the byte offset where each sample's first header starts."""
+    write_corpus(str(tmp_path / "corpus"), videos=3, per_shard=3, seed=1, width=32, height=32, frames=2, fps=24)
+    shard = tmp_path / "corpus" / "shard-000000.tar"
+    with tarfile.open(shard) as tar:
+        starts = {}
+        for m in tar.getmembers():
+            starts.setdefault(m.name.split(".", 1)[0], m.offset)
+    return shard, shard.read_bytes(), list(starts.values())
+
+
+def test_a_corrupt_header_keeps_the_samples_before_it_and_reports_the_shard(
+    tmp_path: Path, three_samples: tuple[Path, bytes, list[int]]
+) -> None:
+    # stream-mode tarfile would take the bad header for the end of the archive and say nothing
+    _, data, starts = three_samples
+    bad = tmp_path / "bad" / "shard-000009.tar"
+    bad.parent.mkdir()
+    bad.write_bytes(data[: starts[1] + 148] + b"0000000\0" + data[starts[1] + 156 :])  # checksum 0: wrong
+    members = read_members(str(bad), "gt.json")
+    assert len(members.annotations) == len(members.videos) == 1
+    assert members.error is not None and str(bad) in members.error
+    assert f"corrupt header at byte {starts[1]}" in members.error
+
+    items = list(iter_annotated(str(bad), "gt.json"))
+    assert [type(i).__name__ for i in items] == ["AnnotatedVideo", "VideoError"]
+    assert items[1].key == "shard-000009" and items[1].source_uri == str(bad)
+
+
+def test_a_cut_tar_is_reported(tmp_path: Path, three_samples: tuple[Path, bytes, list[int]]) -> None:
+    shard, data, starts = three_samples
+    with tarfile.open(shard) as tar:
+        last = tar.getmembers()[-1]
+    cut = tmp_path / "cut.tar"
+    for end in (starts[2], last.offset_data + (last.size + 511) // 512 * 512):  # at a sample; before the end blocks
+        cut.write_bytes(data[:end])
+        members = read_members(str(cut), "gt.json", video_bytes=False)
+        assert members.error is not None and "end-of-archive" in members.error
+        assert len(members.annotations) == (2 if end == starts[2] else 3)
+
+
+def test_an_intact_tar_has_no_error(three_samples: tuple[Path, bytes, list[int]]) -> None:
+    shard, _, _ = three_samples
+    members = read_members(str(shard), "gt.json")
+    assert members.error is None and len(members.annotations) == len(members.videos) == 3
+    assert all(isinstance(i, AnnotatedVideo) for i in iter_annotated(str(shard), "gt.json"))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import re
+import tarfile
 import time
 from pathlib import Path
 
@@ -234,6 +236,76 @@ def test_a_truncated_tar_keeps_what_was_read(tmp_path: Path) -> None:
     assert [type(i).__name__ for i in items] == ["VideoInput", "VideoError"]
     assert items[0].key == "a"
     assert items[1].key == "shard-000007" and "truncated or corrupt" in items[1].reason
+    assert "'b.mp4'" in items[1].reason and items[1].source_uri == shard.uri
+
+
+def three_samples() -> tuple[bytes, list[int]]:
+    """A well-formed 3-sample tar (two zero blocks at its end) and the byte offset of each header."""
+    data = tar_bytes([("a.mp4", encode(3)), ("b.mp4", encode(4)), ("c.mp4", encode(3))])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return data, [m.offset for m in tar.getmembers()]
+
+
+def damage(data: bytes, offsets: list[int], how: str) -> bytes:
+    """`data` with the second header corrupt, zeroed or cut, or without the end-of-archive blocks."""
+    second = offsets[1]
+    if how == "checksum":  # a valid octal number, just not the header's sum
+        return data[: second + 148] + b"0000000\0" + data[second + 156 :]
+    if how == "zeroed":
+        return data[:second] + bytes(512) + data[second + 512 :]
+    if how == "cut before a header":
+        return data[:second]
+    if how == "cut inside a header":
+        return data[: second + 100]
+    assert how == "no end blocks"
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        last = tar.getmembers()[-1]
+    return data[: last.offset_data + (last.size + 511) // 512 * 512]
+
+
+@pytest.mark.parametrize("how", ["checksum", "zeroed", "cut before a header", "cut inside a header"])
+def test_a_damaged_tar_header_keeps_what_was_read_and_reports_the_rest(tmp_path: Path, how: str) -> None:
+    # stream-mode tarfile takes a bad header after the first for the end of the archive, silently
+    data, offsets = three_samples()
+    (tmp_path / "shard-000007.tar").write_bytes(damage(data, offsets, how))
+    (shard,) = list_shards(config(str(tmp_path)))
+    items = list(iter_videos(shard))
+    assert [type(i).__name__ for i in items] == ["VideoInput", "VideoError"]
+    assert items[0].key == "a"
+    error = items[1]
+    assert error.key == "shard-000007" and error.source_uri == shard.uri
+    assert "truncated or corrupt" in error.reason and f"at byte {offsets[1]} (member 2)" in error.reason
+
+
+def test_a_tar_without_its_end_blocks_is_reported_after_its_samples(tmp_path: Path) -> None:
+    data, offsets = three_samples()
+    (tmp_path / "shard-000007.tar").write_bytes(damage(data, offsets, "no end blocks"))
+    (shard,) = list_shards(config(str(tmp_path)))
+    items = list(iter_videos(shard))
+    assert [i.key for i in items] == ["a", "b", "c", "shard-000007"]
+    assert "without its two end-of-archive zero blocks" in items[-1].reason
+
+
+def test_a_corrupt_header_is_reported_from_a_compressed_shard_on_s3(s3_bucket: str) -> None:
+    data, offsets = three_samples()
+    fs = s3fs.S3FileSystem()
+    fs.pipe(f"{s3_bucket}/bad/shard-000007.tar.gz", gzip.compress(damage(data, offsets, "checksum")))
+    (shard,) = list_shards(config(f"s3://{s3_bucket}/bad/shard-000007.tar.gz"))
+    items = list(iter_videos(shard))
+    assert [i.key for i in items] == ["a", "shard-000007"]
+    assert "corrupt header at byte" in items[1].reason
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_an_intact_tar_has_no_error(tmp_path: Path, compress: bool) -> None:
+    data, _ = three_samples()
+    (tmp_path / "shard-000007.tar").write_bytes(gzip.compress(data) if compress else data)
+    (shard,) = list_shards(config(str(tmp_path)))
+    items = list(iter_videos(shard))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = [tar.extractfile(m).read() for m in tar.getmembers()]
+    assert [type(i).__name__ for i in items] == ["VideoInput"] * 3 and [i.key for i in items] == ["a", "b", "c"]
+    assert [i.content for i in items] == members
 
 
 # ---- manifests ----

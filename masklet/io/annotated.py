@@ -18,7 +18,15 @@ import fsspec
 
 from masklet.config import SourceConfig
 from masklet.io import sav
-from masklet.io.sources import VIDEO_EXTENSIONS, VideoError, VideoInput, iter_videos, list_shards, sanitize_key
+from masklet.io.sources import (
+    VIDEO_EXTENSIONS,
+    VideoError,
+    VideoInput,
+    iter_videos,
+    list_shards,
+    open_tar_stream,
+    sanitize_key,
+)
 
 
 @dataclass(frozen=True)
@@ -74,11 +82,14 @@ class TarMembers:
 
 def read_members(uri: str, suffix: str, *, video_bytes: bool = True) -> TarMembers:
     """Read `{key}.{suffix}` members and video members of the tar at `uri` (video bytes only when asked).
-    Links, special members and unsafe names are skipped; a truncated tar keeps what came before the break."""
+    Links, special members and unsafe names are skipped; a truncated or corrupt tar keeps what came before
+    the break and says where it broke in `error` (see sources.open_tar_stream)."""
     found = TarMembers()
+    last_member = None
     try:
-        with fsspec.open(uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        with fsspec.open(uri, "rb") as f, open_tar_stream(f) as tar:
             for member in tar:
+                last_member = member.name
                 if not member.isfile() or ".." in member.name.split("/") or member.name.startswith("/"):
                     continue
                 name = member.name
@@ -88,7 +99,8 @@ def read_members(uri: str, suffix: str, *, video_bytes: bool = True) -> TarMembe
                 elif ext in VIDEO_EXTENSIONS:
                     found.videos[name[: -len(ext) - 1]] = (name, ext, _read(tar, member) if video_bytes else None)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
-        found.error = f"the tar shard is truncated or corrupt ({exc}); members after the break are lost"
+        where = f"at or after member {last_member!r}" if last_member else "at its start"
+        found.error = f"the tar shard {uri} is truncated or corrupt {where}: {exc}; members after it are lost"
     return found
 
 

@@ -30,7 +30,8 @@ Where each problem is caught:
   zero-byte video, metadata that is not a JSON object, prompts that are not UTF-8, a sample
   without a video, a duplicate key, a manifest row without a uri or not parseable, a frame
   folder without frames or with a gap in its frame numbers. A tar that breaks mid-stream ends the
-  shard with a VideoError keyed by the shard id, after every sample read before the break.
+  shard with a VideoError keyed by the shard id, after every sample read before the break: a member
+  cut short, and (see open_tar_stream) a corrupt or cut header or an end that is not two zero blocks.
 - VideoInput.open (worker): a uri that cannot be read (missing, denied, unreachable), then
   everything masklet.io.video checks on open -> VideoDecodeError; while iterating, decode errors
   -> VideoDecodeError. `VideoInput.error(exc.reason)` turns either into a VideoError.
@@ -49,7 +50,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import fsspec
 import pyarrow.parquet as pq
@@ -294,11 +295,48 @@ class _Sample:
     video: tuple[str, str, bytes] | None = None  # member name, extension, bytes
 
 
+def open_tar_stream(f: BinaryIO) -> tarfile.TarFile:
+    """A tar (compressed or not) read front to back, never seeking, as object stores serve it.
+
+    Stream-mode tarfile takes a corrupt or cut header after the first for the end of the archive and
+    stops without an error, so every later sample would vanish unseen; here that raises ReadError.
+    """
+    return tarfile.open(fileobj=f, mode="r|*", tarinfo=_CheckedTarInfo)
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """Raises ReadError where tarfile would end quietly: the archive must end in two zero blocks.
+    Byte offsets in its errors count in the tar, after any decompression."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        at = f"at byte {tar.offset} (member {len(tar.members) + 1})"
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:
+            if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+                reason = f"a zero block {at} is not followed by a second one: a header was zeroed or the end cut"
+                raise tarfile.ReadError(reason) from None
+            raise
+        except tarfile.EmptyHeaderError:
+            if tar.offset == 0:  # tarfile says "empty file" itself
+                raise
+            raise tarfile.ReadError(f"the tar ends {at} without its two end-of-archive zero blocks") from None
+        except tarfile.TruncatedHeaderError:
+            if tar.offset == 0:  # as for every error in the first header, tarfile raises itself
+                raise
+            raise tarfile.ReadError(f"the tar ends inside the header {at}") from None
+        except tarfile.InvalidHeaderError as exc:
+            if tar.offset == 0:
+                raise
+            raise tarfile.ReadError(f"corrupt header {at}: {exc}") from None
+
+
 def _tar_samples(shard: Shard) -> Iterator[VideoInput | VideoError]:
     current = _Sample(None)
     last_member = None
     try:
-        with fsspec.open(shard.uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        with fsspec.open(shard.uri, "rb") as f, open_tar_stream(f) as tar:
             for member in tar:
                 last_member = name = member.name
                 if member.isdir():
@@ -324,7 +362,7 @@ def _tar_samples(shard: Shard) -> Iterator[VideoInput | VideoError]:
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         yield from _flush(shard, current)
         where = f"at or after member {last_member!r}" if last_member else "at its start"
-        reason = f"the tar shard is truncated or corrupt ({exc}, {where}); samples after it are lost"
+        reason = f"the tar shard is truncated or corrupt {where}: {exc}; samples after it are lost"
         yield VideoError(sanitize_key(shard.id), shard.uri, reason, shard.id)
         return
     except FileNotFoundError as exc:
