@@ -35,7 +35,8 @@ demo: install
 	$(BIN)/masklet run configs/demo.yaml
 	@echo "Corpus: demo-output/corpus   masklets: demo-output/masklets (see docs/output-schema.md)"
 	@echo "Model: masklet_demo, trained on synthetic videos only (docs/demo-model.md). For real videos use"
-	@echo "official weights: $(BIN)/masklet run configs/demo.yaml model.name=sam2.1_hiera_t model.checkpoint=URI"
+	@echo "official weights: $(BIN)/masklet run configs/demo.yaml model.name=sam2.1_hiera_t model.checkpoint=URI \\"
+	@echo "  pipeline.pred_iou_thresh=0.8 pipeline.stability_score_thresh=0.95"
 	@echo "Report (stats, plots, overlays; open it in a browser):"
 	$(BIN)/masklet report demo-output/masklets
 
