@@ -14,7 +14,7 @@ def test_config_command_prints_resolved_config(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert "name: sam2_hiera_s" in out
     assert "count: 2" in out
-    assert "pred_iou_thresh: 0.8" in out
+    assert "box_nms_thresh: 0.7" in out  # a default the file does not set
     assert "# config hash: " in out
 
 
