@@ -60,8 +60,9 @@ class LayerNorm2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         u = x.mean(1, keepdim=True)
         s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        x = self.weight[:, None, None] * ((x - u) / torch.sqrt(s + self.eps))
+        x += self.bias[:, None, None]  # in place: a fresh map of this size costs more than the sum
+        return x
 
 
 class Attention(nn.Module):
@@ -98,7 +99,7 @@ class Attention(nn.Module):
         num_k_exclude_rope: int = 0,
         key_mask: Tensor | None = None,
     ) -> Tensor:
-        """q [B, Nq, dim], k/v [B, Nk, kv_dim] -> [B, Nq, dim].
+        """q [B, Nq, dim], k/v [B, Nk, kv_dim] -> [B, Nq, dim]; either side may have batch 1 instead of B.
 
         `rope` is a complex RoPE table [Nq, head_dim // 2] (`rope_freqs`) for the Nq query positions
         (keys reuse it once per memory frame). `key_mask` [B, Nk] (True = attend) lets objects with
@@ -107,6 +108,10 @@ class Attention(nn.Module):
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
         v = self._heads(self.v_proj(v))
+        if q.shape[0] != k.shape[0]:
+            # one side has batch 1 (an image shared by many prompts): project it once, then broadcast
+            batch = max(q.shape[0], k.shape[0])
+            q, k, v = q.expand(batch, -1, -1, -1), k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
         if rope is not None:
             # q and k are fresh projections, so they can be rotated in place (no concatenation)
             rotate_(q, rope)

@@ -42,11 +42,12 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
+        # keys are unchanged until the last step, so their positional sum serves both cross attentions
         q, k = queries + query_pe, keys + key_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
 
-        q, k = queries + query_pe, keys + key_pe
+        q = queries + query_pe
         keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
         return queries, keys
 
@@ -61,7 +62,11 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(dim)
 
     def forward(self, image: Tensor, image_pe: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """image [B, C, h, w], image_pe [1 or B, C, h, w], tokens [B, N, C]."""
+        """image [1 or B, C, h, w], image_pe [1 or B, C, h, w], tokens [B, N, C].
+
+        An image batch of 1 is shared by all B prompts: the first layer projects it once, and it
+        becomes B image-token maps only where the prompts first change it.
+        """
         keys = image.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = tokens
@@ -180,10 +185,11 @@ class MaskDecoder(nn.Module):
         batch = max(image_embedding.shape[0], sparse.shape[0], dense.shape[0])
         output_tokens = torch.cat(weights, dim=0)[None].expand(batch, -1, -1)
         tokens = torch.cat((output_tokens, sparse.expand(batch, -1, -1)), dim=1)
-        src = (image_embedding + dense).expand(batch, -1, -1, -1)
-        b, c, h, w = src.shape
+        src = image_embedding + dense
+        c, h, w = src.shape[1:]
 
         hs, src = self.transformer(src, image_pe, tokens)
+        b = src.shape[0]
         iou_token_out = hs[:, first]
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens]
 
@@ -193,8 +199,13 @@ class MaskDecoder(nn.Module):
         else:
             dc1, ln1, act1, dc2, act2 = self.output_upscaling
             feat_s0, feat_s1 = high_res_features
-            upscaled = act1(ln1(dc1(src) + feat_s1))
-            upscaled = act2(dc2(upscaled) + feat_s0)
+            # in-place sums: these maps are the decoder's largest tensors (B x 256^2 x C/8), a fresh
+            # allocation costs more than the addition, and the transposed convs' backward needs no output
+            upscaled = dc1(src)
+            upscaled += feat_s1
+            upscaled = dc2(act1(ln1(upscaled)))
+            upscaled += feat_s0
+            upscaled = act2(upscaled)
 
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1

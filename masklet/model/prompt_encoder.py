@@ -62,10 +62,11 @@ class PromptEncoder(nn.Module):
         return embedding
 
     def forward(self, coords: Tensor | None, labels: Tensor | None, masks: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Returns sparse [B, N (+1), C] and dense [B, C, h, w] embeddings.
+        """Returns sparse [B, N (+1), C] and dense [B or 1, C, h, w] embeddings.
 
         Without points the sparse embedding is empty; without a mask the dense one is the learned
-        no-mask embedding. B is the batch of the points, else of the mask, else 1.
+        no-mask embedding, batch 1, which the decoder shares across prompts. B is the batch of the
+        points, else of the mask, else 1.
         """
         weight = self.no_mask_embed.weight
         if coords is not None and labels is not None:
@@ -77,5 +78,5 @@ class PromptEncoder(nn.Module):
             dense = self.mask_downscaling(masks.to(weight.dtype))
         else:
             h, w = self.image_embedding_size
-            dense = weight.reshape(1, -1, 1, 1).expand(sparse.shape[0], -1, h, w)
+            dense = weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)
         return sparse, dense
