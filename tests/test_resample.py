@@ -186,6 +186,20 @@ def test_filter_refusals(root, tmp_path, capsys):
     assert "min_stability: unknown key" in capsys.readouterr().err
 
 
+def test_filter_fails_on_a_damaged_video_tar_naming_it(root, tmp_path, capsys):
+    # stream-mode tarfile would take the zeroed header for the end: v2's bytes would just be missing
+    path, _ = root
+    tar_path = Path(path) / "wds" / "s-000.tar"
+    with tarfile.open(tar_path) as tar:
+        second = [m for m in tar.getmembers() if not m.name.endswith(".json")][1]
+    data = tar_path.read_bytes()
+    tar_path.write_bytes(data[: second.offset] + bytes(512) + data[second.offset + 512 :])
+    assert main(["filter", path, str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tar_path} is truncated or corrupt after member" in err
+    assert f"at byte {second.offset}" in err
+
+
 def test_rewrite_refuses_a_transform_that_changes_rows(root, tmp_path):
     path, _ = root
     with pytest.raises(ValueError, match="same masklets in the same order"):

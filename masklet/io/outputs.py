@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, fields
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 from masklet.io import storage
 from masklet.io.schema import MaskletRecord, VideoRecord
 from masklet.io.sinks import ShardWriter, list_done, shard_files
+from masklet.io.sources import open_tar_stream
 from masklet.io.storage import RetryPolicy
 
 Transform = Callable[[str, list[MaskletRecord]], list[MaskletRecord]]
@@ -62,9 +64,7 @@ def read_marker(root: str, shard_id: str, *, retry: RetryPolicy | None = None) -
     return json.loads(storage.call("read", uri, fs.cat_file, path, retry=retry))
 
 
-def read_shard(
-    root: str, shard_id: str, *, retry: RetryPolicy | None = None
-) -> OutputShard:
+def read_shard(root: str, shard_id: str, *, retry: RetryPolicy | None = None) -> OutputShard:
     """A committed shard's marker and rows as records."""
     io = {"retry": retry}
     marker = read_marker(root, shard_id, **io)
@@ -76,14 +76,24 @@ def read_shard(
 def iter_video_members(
     root: str, shard_id: str, *, retry: RetryPolicy | None = None
 ) -> Iterator[tuple[str, str, bytes]]:
-    """(video_key, extension, bytes) of each video in the shard's tar, streamed in tar order."""
+    """(video_key, extension, bytes) of each video in the shard's tar, streamed in tar order.
+
+    A damaged tar raises OSError naming it and where it broke, rather than ending early: a caller
+    would otherwise find its later videos missing with no cause given.
+    """
     uri = storage.join(root, shard_files(shard_id)["wds"])
     fs, path = storage.url_to_fs(uri)
-    with storage.call("open", uri, fs.open, path, "rb", retry=retry) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for member in tar:
-            key, _, ext = member.name.partition(".")
-            if member.isfile() and ext != "json":
-                yield key, ext, tar.extractfile(member).read()
+    last = None
+    try:
+        with storage.call("open", uri, fs.open, path, "rb", retry=retry) as f, open_tar_stream(f) as tar:
+            for member in tar:
+                last = member.name
+                key, _, ext = member.name.partition(".")
+                if member.isfile() and ext != "json":
+                    yield key, ext, tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        where = f"after member {last!r}" if last else "at its start"
+        raise OSError(f"{uri} is truncated or corrupt {where}: {exc}") from exc
 
 
 def rewrite_output(
