@@ -40,7 +40,7 @@ demo: install
 	@echo "Report (stats, plots, overlays; open it in a browser):"
 	$(BIN)/masklet report demo-output/masklets
 
-# Reproduces the shipped masklet/weights/masklet_demo.pt (about an hour on a 2-core CPU; docs/demo-model.md).
+# Reproduces the shipped masklet/weights/masklet_demo.pt (about 1 h 45 min on a 2-core CPU; docs/demo-model.md).
 demo-model: install
 	$(BIN)/masklet synth demo-output/train-corpus --videos 120 --per-shard 20 --seed 100
 	$(BIN)/masklet train configs/train-demo-stage1.yaml

@@ -13,7 +13,7 @@ def test_demo_config_loads_with_defaults() -> None:
     config = load_config(DEMO)
     assert config.model.name == "masklet_demo" and config.model.checkpoint is None  # the shipped weights
     assert config.pipeline.points_per_side == 16
-    assert (config.pipeline.pred_iou_thresh, config.pipeline.stability_score_thresh) == (0.6, 0.85)  # demo model's
+    assert (config.pipeline.pred_iou_thresh, config.pipeline.stability_score_thresh) == (0.6, 0.75)  # demo model's
     assert config.pipeline.box_nms_thresh == 0.7  # SAM 2 generator default
     assert config.ray.address is None
     assert config.workers.count is None
