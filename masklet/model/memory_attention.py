@@ -50,7 +50,9 @@ class MemoryAttentionLayer(nn.Module):
             x, memory_keys, memory, rope=rope, num_k_exclude_rope=num_obj_ptr_tokens, key_mask=memory_mask
         )
         x = self.norm3(tgt)
-        return tgt + self.linear2(F.relu(self.linear1(x)))
+        # ReLU in place: the hidden map is the layer's largest (B x h*w x mlp_dim) and a fresh copy of
+        # it costs more than the ReLU; linear1's backward does not need its output
+        return tgt + self.linear2(F.relu(self.linear1(x), inplace=True))
 
 
 class MemoryAttention(nn.Module):
