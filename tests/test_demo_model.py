@@ -14,7 +14,7 @@ from masklet.model.checkpoint import load_checkpoint
 from masklet.synth.corpus import write_corpus
 from masklet.weights import packaged_weights
 
-# The shipped model is weak (docs/demo-model.md: it loses many objects after a few frames), but it
+# The shipped model is small (docs/demo-model.md: it still loses some objects through occlusions), but it
 # must be clearly better than the same architecture with random weights: 0.617 vs 0.035 when measured
 MIN_GAIN_OVER_RANDOM = 0.4
 

@@ -10,7 +10,6 @@ in the source shards at `videos_uri` (an output that only references its videos)
 from __future__ import annotations
 
 import tarfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -19,6 +18,7 @@ import fsspec
 from masklet.config import SourceConfig
 from masklet.io import sav
 from masklet.io.sources import (
+    TAR_STREAM_ERRORS,
     VIDEO_EXTENSIONS,
     VideoError,
     VideoInput,
@@ -98,7 +98,7 @@ def read_members(uri: str, suffix: str, *, video_bytes: bool = True) -> TarMembe
                     found.annotations[name[: -len(suffix) - 1]] = _read(tar, member)
                 elif ext in VIDEO_EXTENSIONS:
                     found.videos[name[: -len(ext) - 1]] = (name, ext, _read(tar, member) if video_bytes else None)
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
+    except TAR_STREAM_ERRORS as exc:
         where = f"at or after member {last_member!r}" if last_member else "at its start"
         found.error = f"the tar shard {uri} is truncated or corrupt {where}: {exc}; members after it are lost"
     return found

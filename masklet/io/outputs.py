@@ -11,8 +11,6 @@ This module knows storage and the schema, not the filters: the caller brings the
 from __future__ import annotations
 
 import json
-import tarfile
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, fields
@@ -24,7 +22,7 @@ import pyarrow.parquet as pq
 from masklet.io import storage
 from masklet.io.schema import MaskletRecord, VideoRecord
 from masklet.io.sinks import ShardWriter, list_done, shard_files
-from masklet.io.sources import open_tar_stream
+from masklet.io.sources import TAR_STREAM_ERRORS, open_tar_stream
 from masklet.io.storage import RetryPolicy
 
 Transform = Callable[[str, list[MaskletRecord]], list[MaskletRecord]]
@@ -91,7 +89,7 @@ def iter_video_members(
                 key, _, ext = member.name.partition(".")
                 if member.isfile() and ext != "json":
                     yield key, ext, tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
+    except TAR_STREAM_ERRORS as exc:
         where = f"after member {last!r}" if last else "at its start"
         raise OSError(f"{uri} is truncated or corrupt {where}: {exc}") from exc
 

@@ -295,6 +295,10 @@ class _Sample:
     video: tuple[str, str, bytes] | None = None  # member name, extension, bytes
 
 
+# what reading a tar from `open_tar_stream` raises when the archive (or its compression) is damaged
+TAR_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error)
+
+
 def open_tar_stream(f: BinaryIO) -> tarfile.TarFile:
     """A tar (compressed or not) read front to back, never seeking, as object stores serve it.
 
@@ -359,7 +363,7 @@ def _tar_samples(shard: Shard) -> Iterator[VideoInput | VideoError]:
                     if current.members and _group(name) != _group(next(iter(current.members))):
                         yield from _orphans(shard, current, None)
                     current.members[name] = _read_member(tar, member)
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
+    except TAR_STREAM_ERRORS as exc:
         yield from _flush(shard, current)
         where = f"at or after member {last_member!r}" if last_member else "at its start"
         reason = f"the tar shard is truncated or corrupt {where}: {exc}; samples after it are lost"
