@@ -15,6 +15,7 @@ def test_demo_config_loads_with_defaults() -> None:
     assert config.pipeline.points_per_side == 16
     assert (config.pipeline.pred_iou_thresh, config.pipeline.stability_score_thresh) == (0.6, 0.75)  # demo model's
     assert config.pipeline.box_nms_thresh == 0.7  # SAM 2 generator default
+    assert (config.pipeline.reseed_every, config.pipeline.propagate_backward) == (1, True)  # late objects found
     assert config.ray.address is None
     assert config.workers.count is None
 
