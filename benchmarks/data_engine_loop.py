@@ -1,12 +1,13 @@
 """The data-engine loop, measured: does training on the engine's own auto-labels improve the model?
 
 Round 0 is a model (by default the shipped `masklet_demo`). It auto-labels a synthetic corpus that no
-model was trained on, with re-seeding on so that corrections count as edits; the job's filters keep
-the good masklets. Round 1 fine-tunes round 0 on those auto-labels only (no ground truth), three
-ways: every kept masklet, the K most-edited (`masklet sample --by edits`) and K random ones
-(`--by random`), K being a fraction of the kept. Every model is then scored on a held-out corpus with
-`masklet eval` (prompted J&F from first-frame masks, automatic recall at J&F >= 0.5), and the table
-is printed as Markdown. Everything goes through the CLI users run, one command at a time.
+model was trained on, with re-seeding on so that corrections count as edits (the job config's
+`pipeline.reseed_every`, or `--reseed-every`); the job's filters keep the good masklets. Round 1
+fine-tunes round 0 on those auto-labels only (no ground truth), three ways: every kept masklet, the
+K most-edited (`masklet sample --by edits`) and K random ones (`--by random`), K being a fraction of
+the kept. Every model is then scored on a held-out corpus with `masklet eval` (prompted J&F from
+first-frame masks, automatic recall at J&F >= 0.5), and the table is printed as Markdown.
+Everything goes through the CLI users run, one command at a time.
 
     python benchmarks/data_engine_loop.py --work demo-output/engine-loop --steps 300
 """
@@ -50,7 +51,9 @@ def main() -> None:
     parser.add_argument("--train", default="configs/train-round1.yaml", help="training config of round 1")
     parser.add_argument("--unlabeled", type=int, default=48, help="videos to auto-label")
     parser.add_argument("--heldout", type=int, default=16, help="held-out videos to evaluate on")
-    parser.add_argument("--reseed-every", type=int, default=2, help="annotated frames between re-seeds")
+    parser.add_argument(
+        "--reseed-every", type=int, help="annotated frames between re-seeds when auto-labelling (default: the job's)"
+    )
     parser.add_argument("--sample-fraction", type=float, default=0.5, help="K as a fraction of the kept masklets")
     parser.add_argument("--steps", type=int, default=300, help="fine-tuning steps of each round-1 model")
     parser.add_argument("--round0", help="round-0 checkpoint (default: the job config's model weights)")
@@ -68,9 +71,10 @@ def main() -> None:
 
     labels = work / "round0-labels"
     round0 = [f"model.checkpoint={args.round0}"] if args.round0 else []
+    reseed = [f"pipeline.reseed_every={args.reseed_every}"] if args.reseed_every else []
     seconds["auto-label"] = masklet(
         "run", args.job, f"source.uri={unlabeled}/shard-*.tar", f"output.uri={labels}", "output.write_video=true",
-        f"pipeline.reseed_every={args.reseed_every}", *round0, "--force",
+        *reseed, *round0, "--force",
     )  # fmt: skip
     kept = sum(
         sum(read_table(str(labels), shard, "masklets", columns=["kept"]).column("kept").to_pylist())
