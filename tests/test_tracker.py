@@ -17,6 +17,7 @@ from tiny_sam2 import TINY, tiny_model
 from masklet.model import SAM2Model
 from masklet.model.image_predictor import ImagePredictor
 from masklet.model.memory_bank import MemoryBank
+from masklet.model import tracker as tracker_module
 from masklet.model.tracker import TrackOutput, VideoTracker
 
 HW = (48, 64)
@@ -110,6 +111,23 @@ def test_batch_of_objects_equals_each_alone(model: SAM2Model, frames: np.ndarray
     for obj_id, prompt in prompts.items():
         alone |= run(model, frames, order, {obj_id: prompt}, reverse=reverse, **FP32)
     assert_same(together, alone, atol=1e-4)
+
+
+def test_memory_encoder_batches_on_cpu_change_nothing(
+    model: SAM2Model, frames: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CPU the memory encoder takes the objects a few at a time (its large maps cost page faults)."""
+    assert tracker_module.CPU_MEMORY_ENCODER_BATCH >= len(PROMPTS)  # one call for all three here
+    together = run(model, frames, list(range(12)), PROMPTS, **FP32)
+    monkeypatch.setattr(tracker_module, "CPU_MEMORY_ENCODER_BATCH", 1)
+    calls = []
+    hook = model.memory_encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        one_by_one = run(model, frames, list(range(12)), PROMPTS, **FP32)
+    finally:
+        hook.remove()
+    assert len(calls) == 2 * 1 + 2 * 2 + 8 * 3  # frames 0-1: one object, 2-3: two, 4-11: three
+    assert_same(together, one_by_one, atol=1e-4)  # batch sizes change float rounding, as in the test above
 
 
 def test_reverse_mirrors_forward(model: SAM2Model, frames: np.ndarray) -> None:
