@@ -80,7 +80,9 @@ def test_run_refuses_before_any_work_with_exit_2(tmp_path: Path, capsys: pytest.
         assert message in capsys.readouterr().err, args
     claim_output(str(out), JobRecord.for_config(load_config(str(config), ["source.fps=12"]), None), force=False)
     assert main(["run", str(config)]) == 2
-    assert "holds the outputs of another job (settings changed: source.fps" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds the outputs of another job (settings changed: source.fps" in err
+    assert f"delete {out} to start over" in err
 
 
 def test_layout_one_worker_per_gpu_or_per_cpu_slot() -> None:

@@ -150,3 +150,26 @@ def test_overlay_frames_from_a_manifest_file_or_a_frame_folder(
     with Image.open(io.BytesIO(overlay.animation)) as animation:
         assert animation.n_frames == len(ANNOTATED)
     assert overlay.dropped_strip is not None
+
+
+def test_report_of_a_cut_output_tar_names_the_break(tmp_path: Path) -> None:
+    """The tar is cut inside its last video: the videos before it keep their overlays, that one says why it has none."""
+    root = str(tmp_path / "out")
+    records = build_output(root, str(tmp_path / "corpus"), write_video=True)
+    tar_path = Path(root) / "wds" / "shard-000000.tar"
+    with tarfile.open(tar_path) as tar:
+        videos = [m for m in tar if m.name.endswith(".mp4")]
+    cut = videos[-1].offset_data + videos[-1].size // 2
+    tar_path.write_bytes(tar_path.read_bytes()[:cut])
+
+    assert write_report(root, str(tmp_path / "report.html"), videos=8) == str(tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    found = images(page)
+    keys = sorted({m.video_key for m in records})
+    last = videos[-1].name.split(".")[0]
+    for key in keys:
+        if key != last:
+            assert found[f"kept masklets of {key}"][1].n_frames == len(ANNOTATED)
+    assert f"kept masklets of {last}" not in found
+    section = page.split(f'id="video-{last}"', 1)[1].split("</section>", 1)[0]
+    assert "frames unavailable:" in section and "shard-000000.tar is truncated or corrupt after member" in section

@@ -147,6 +147,24 @@ def test_sampler_skips_objects_the_resize_makes_vanish() -> None:
         )
 
 
+def test_sampler_keeps_strides_in_range() -> None:
+    """Frame i is filled with the value 10 * i, so the step between a clip's frames gives its stride."""
+    big = np.zeros((64, 64), bool)
+    big[16:48, 16:48] = True
+    frames = (10 * torch.arange(24, dtype=torch.uint8)).view(24, 1, 1, 1).expand(24, 3, 64, 64).contiguous()
+    video = TrainingVideo("v", frames, [rle.encode_batch(big[None]) for _ in range(24)])
+
+    def steps(**strides: int) -> list[float]:
+        sampler = ClipSampler([video], ClipConfig(frames=4, max_objects=1, min_objects=1, **strides), 64)
+        clips = [sampler.sample(np.random.default_rng(i)) for i in range(30)]
+        return [float(clip.frames[1, 0, 0, 0] - clip.frames[0, 0, 0, 0]) for clip in clips]
+
+    unit = steps(min_stride=1, max_stride=1)[0]
+    assert set(np.round(np.array(steps(min_stride=3, max_stride=4)) / unit, 3)) == {3.0, 4.0}
+    with pytest.raises(ValueError, match="min_stride 5 is above max_stride 4"):
+        ClipConfig(min_stride=5, max_stride=4)
+
+
 def test_param_groups_slow_the_encoder_and_decay_matrices_only(corpus: str) -> None:
     model = tiny()
     c = config(corpus, "unused", optim={"lr": 1e-3, "encoder_lr_ratio": 0.05, "weight_decay": 0.1})

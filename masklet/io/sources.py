@@ -322,18 +322,17 @@ class _CheckedTarInfo(tarfile.TarInfo):
                 reason = f"a zero block {at} is not followed by a second one: a header was zeroed or the end cut"
                 raise tarfile.ReadError(reason) from None
             raise
-        except tarfile.EmptyHeaderError:
-            if tar.offset == 0:  # tarfile says "empty file" itself
+        except tarfile.HeaderError as exc:
+            if tar.offset == 0:  # tarfile reports a bad first header itself ("empty file", ...)
                 raise
-            raise tarfile.ReadError(f"the tar ends {at} without its two end-of-archive zero blocks") from None
-        except tarfile.TruncatedHeaderError:
-            if tar.offset == 0:  # as for every error in the first header, tarfile raises itself
-                raise
-            raise tarfile.ReadError(f"the tar ends inside the header {at}") from None
-        except tarfile.InvalidHeaderError as exc:
-            if tar.offset == 0:
-                raise
-            raise tarfile.ReadError(f"corrupt header {at}: {exc}") from None
+            reason = _HEADER_PROBLEMS.get(type(exc), "corrupt header {at}: {exc}")
+            raise tarfile.ReadError(reason.format(at=at, exc=exc)) from None
+
+
+_HEADER_PROBLEMS = {
+    tarfile.EmptyHeaderError: "the tar ends {at} without its two end-of-archive zero blocks",
+    tarfile.TruncatedHeaderError: "the tar ends inside the header {at}",
+}
 
 
 def _tar_samples(shard: Shard) -> Iterator[VideoInput | VideoError]:

@@ -104,7 +104,8 @@ def _conflict_message(output_uri: str, existing: dict[str, Any], record: JobReco
     return (
         f"{output_uri} holds the outputs of another job ({what}; job.json hash "
         f"{str(existing.get('config_hash'))[:12]}, this job {record.config_hash[:12]}). Use another output.uri, "
-        "or --force to keep the shards already done and run the rest with this config"
+        f"delete {output_uri} to start over, or --force to keep the shards already done and run the rest with "
+        "this config"
     )
 
 

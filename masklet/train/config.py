@@ -94,10 +94,19 @@ class ClipConfig(Section):
     frames: int = Field(
         default=8, ge=1, description="frames per clip (the paper: 8); 1 trains promptable segmentation of single frames"
     )
-    max_stride: int = Field(default=4, ge=1, description="clips take every k-th annotated frame, k in 1..max_stride")
+    min_stride: int = Field(
+        default=1, ge=1, description="clips take every k-th annotated frame, k in min_stride..max_stride"
+    )
+    max_stride: int = Field(default=4, ge=1)
     max_objects: int = Field(default=3, ge=1, description="objects per clip, among those visible on its first frame")
     hflip: Fraction = Field(default=0.5, description="chance of flipping a clip left-right")
     min_objects: int = Field(default=2, ge=1, description="prefer clips with this many objects on the first frame")
+
+    @model_validator(mode="after")
+    def _stride_range(self) -> ClipConfig:
+        if self.min_stride > self.max_stride:
+            raise ValueError(f"min_stride {self.min_stride} is above max_stride {self.max_stride}")
+        return self
 
 
 class TrainOutputConfig(Section):

@@ -114,7 +114,8 @@ class ClipSampler:
         for _ in range(100):
             video = self.videos[int(rng.integers(len(self.videos)))]
             longest = max((len(video.masklet) - 1) // max(c.frames - 1, 1), 1)
-            stride = int(rng.integers(1, min(c.max_stride, longest) + 1))
+            widest = min(c.max_stride, longest)
+            stride = int(rng.integers(min(c.min_stride, widest), widest + 1))
             start = int(rng.integers(len(video.masklet) - (c.frames - 1) * stride))
             picks = list(range(start, start + c.frames * stride, stride))
             visible = self._visible(video.masklet[start])
