@@ -40,12 +40,13 @@ demo: install
 	@echo "Report (stats, plots, overlays; open it in a browser):"
 	$(BIN)/masklet report demo-output/masklets
 
-# Reproduces the shipped masklet/weights/masklet_demo.pt (about 1 h 45 min on a 2-core CPU; docs/demo-model.md).
+# Reproduces the shipped masklet/weights/masklet_demo.pt (about 2 h 40 min on a 2-core CPU; docs/demo-model.md).
 demo-model: install
 	$(BIN)/masklet synth demo-output/train-corpus --videos 120 --per-shard 20 --seed 100
 	$(BIN)/masklet train configs/train-demo-stage1.yaml
 	$(BIN)/masklet train configs/train-demo.yaml
-	cp demo-output/train-demo/model.pt masklet/weights/masklet_demo.pt
+	$(BIN)/masklet train configs/train-demo-stage3.yaml
+	cp demo-output/train-demo-stage3/model.pt masklet/weights/masklet_demo.pt
 
 # The data-engine loop: auto-label, sample, fine-tune round 1, evaluate (docs/data-engine.md).
 engine-loop: install
