@@ -58,7 +58,7 @@ def load_official(kind: str, state_path: str, image_size: int, device: str) -> t
 
 
 def load_ours(state_path: str, image_size: int, device: str) -> torch.nn.Module:
-    """Ours, loaded strictly from the official state dict (as `load_checkpoint` does)."""
+    """Ours, loaded strictly from the official state dict (as `load_weights` does)."""
     from masklet.model import build_model
 
     model = build_model(OUR_PRESET, image_size=image_size, device=device)

@@ -6,6 +6,7 @@ second on the laptop rather than an hour on a cluster. Errors name the dotted ke
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from typing import Annotated, Any, Literal, TypeVar
@@ -14,7 +15,7 @@ import fsspec
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from masklet.weights import packaged_weights
+from masklet.weights import WeightsError, how_to_get, resolve_weights
 
 MODEL_PRESETS = (
     "sam2_hiera_t",
@@ -68,11 +69,40 @@ class SourceConfig(Section):
     prefetch_frames: int = Field(default=16, ge=1)
 
 
+def require_weights(name: str, checkpoint: str | None, init: str, key: str) -> None:
+    """Refuse a model that would run on untrained weights without `init: random` saying so.
+
+    A job labelling with random weights writes training shards of noise, so "no weights" is an error
+    naming how to get them, never a quiet default. `key` is the dotted name of the checkpoint setting.
+    """
+    section = key.rpartition(".")[0]
+    if init == "random":
+        if checkpoint is not None:
+            raise ValueError(f"{key} and {section}.init=random exclude each other; drop one of them")
+        return
+    try:
+        uri = resolve_weights(name, checkpoint, key)
+    except WeightsError as exc:
+        raise ValueError(str(exc)) from None
+    if uri is None:
+        raise ValueError(
+            f"{name} has no weights: {how_to_get(name, key)}; or set {section}.init=random for untrained "
+            "weights (their labels are noise: for tests only)"
+        )
+
+
 class ModelConfig(Section):
     """Which SAM 2 model to build and where its weights are."""
 
     name: str = "sam2.1_hiera_t"
-    checkpoint: str | None = Field(default=None, description="fsspec URI of the weights")
+    checkpoint: str | None = Field(
+        default=None,
+        description="fsspec URI of the weights (s3://, https://, hf://, a path), or 'official' (the preset's "
+        "official file); null: the weights shipped with the package (masklet_demo)",
+    )
+    init: Literal["checkpoint", "random"] = Field(
+        default="checkpoint", description="random: untrained seeded weights, only when asked for by name"
+    )
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -85,10 +115,15 @@ class ModelConfig(Section):
             raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_PRESETS)}")
         return name
 
+    @model_validator(mode="after")
+    def _has_weights(self) -> ModelConfig:
+        require_weights(self.name, self.checkpoint, self.init, "model.checkpoint")
+        return self
+
     @property
     def weights(self) -> str | None:
-        """The checkpoint to load: `checkpoint`, else the weights shipped for the preset (masklet_demo)."""
-        return self.checkpoint or packaged_weights(self.name)
+        """The URI to load (`checkpoint` resolved, else the shipped weights); None for `init: random`."""
+        return None if self.init == "random" else resolve_weights(self.name, self.checkpoint)
 
 
 class PipelineConfig(Section):
@@ -154,7 +189,7 @@ class FiltersConfig(Section):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(_format_errors(exc, "filters")) from None
+            raise ConfigError(_format_errors(exc, "filters", cls)) from None
 
     @model_validator(mode="after")
     def _area_range(self) -> FiltersConfig:
@@ -199,7 +234,7 @@ class JobConfig(Section):
     """A whole job: everything `masklet run` needs."""
 
     source: SourceConfig
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = Field(default_factory=dict, validate_default=True)  # validated: no weights, no job
     pipeline: PipelineConfig = PipelineConfig()
     filters: FiltersConfig = FiltersConfig()
     output: OutputConfig
@@ -241,17 +276,35 @@ class JobConfig(Section):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _format_errors(exc: ValidationError, origin: str) -> str:
+def _known_keys(cls: type[BaseModel], parents: tuple[Any, ...]) -> list[str]:
+    """The keys a section at `parents` (a dotted location under `cls`) accepts; [] where it is not a section."""
+    for part in parents:
+        field = cls.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        cls = annotation
+    return list(cls.model_fields)
+
+
+def _unknown_key(cls: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """'unknown key', with the closest accepted key when one is close enough to be a typo."""
+    close = difflib.get_close_matches(str(loc[-1]), _known_keys(cls, loc[:-1]), n=1, cutoff=0.6)
+    return f"unknown key (did you mean {'.'.join(map(str, (*loc[:-1], close[0])))}?)" if close else "unknown key"
+
+
+def _format_errors(exc: ValidationError, origin: str, cls: type[BaseModel]) -> str:
     lines = [f"invalid config {origin}:"]
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = _unknown_key(cls, err["loc"])
         elif err["type"] == "missing":
             message = "required key is missing"
         else:
             message = err["msg"].removeprefix("Value error, ")
-        got = f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden") else ""
+        shown = err["type"] not in ("missing", "extra_forbidden") and not isinstance(err["input"], dict)
+        got = f" (got {err['input']!r})" if shown else ""
         lines.append(f"  {key}: {message}{got}")
     return "\n".join(lines)
 
@@ -313,7 +366,7 @@ def validate_section(cls: type[SectionT], data: dict[str, Any], origin: str = "(
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, origin)) from None
+        raise ConfigError(_format_errors(exc, origin, cls)) from None
 
 
 def dump_config(config: JobConfig) -> str:

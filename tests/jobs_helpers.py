@@ -22,6 +22,7 @@ def write_config(path: Path, source_uri: str, output: Path, **sections: dict[str
     config: dict[str, Any] = {
         "source": {"uri": source_uri, "fps": None},
         "output": {"uri": str(output)},
+        "model": {"init": "random"},  # the test pipelines need no trained weights: untrained, asked for by name
         "ray": {"dashboard": False},
         "workers": {"count": 2, "pipeline": "jobs_plugins:ground_truth"},
     }

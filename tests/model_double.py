@@ -192,7 +192,7 @@ def frame_folder(truth: Truth, root: Path, prompts: str | None = None) -> VideoI
 def job_config(**sections: dict[str, Any]) -> JobConfig:
     """A job config for the tiny model on every frame (fps null); `sections` override."""
     data: dict[str, Any] = {"source": {"uri": "unused", "fps": None}, "output": {"uri": "unused-out"}}
-    data["model"] = {"image_size": 128}
+    data["model"] = {"image_size": 128, "init": "random"}  # untrained weights, asked for by name
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     return validate_config(data)

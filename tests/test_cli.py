@@ -10,9 +10,10 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_config_command_prints_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["config", str(ROOT / "configs/demo.yaml"), "workers.count=2", "model.name=sam2_hiera_s"]) == 0
+    assert main(["config", str(ROOT / "configs/demo.yaml"), "workers.count=2", "model.name=sam2_hiera_s",
+                 "model.checkpoint=official"]) == 0
     out = capsys.readouterr().out
-    assert "name: sam2_hiera_s" in out
+    assert "name: sam2_hiera_s" in out and "checkpoint: official" in out
     assert "count: 2" in out
     assert "box_nms_thresh: 0.7" in out  # a default the file does not set
     assert "# config hash: " in out

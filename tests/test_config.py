@@ -6,7 +6,7 @@ import pytest
 from masklet.config import ConfigError, JobConfig, load_config, validate_config
 
 DEMO = str(Path(__file__).parents[1] / "configs" / "demo.yaml")
-MINIMAL = {"source": {"uri": "in/"}, "output": {"uri": "out/"}}
+MINIMAL = {"source": {"uri": "in/"}, "output": {"uri": "out/"}, "model": {"init": "random"}}  # untrained, by name
 
 
 def test_demo_config_loads_with_defaults() -> None:
@@ -21,7 +21,8 @@ def test_demo_config_loads_with_defaults() -> None:
 
 
 def test_dotted_overrides_are_typed_by_yaml() -> None:
-    config = load_config(DEMO, ["model.name=sam2_hiera_s", "workers.count=2", "pipeline.reseed_every=null",
+    config = load_config(DEMO, ["model.name=sam2_hiera_s", "model.checkpoint=official", "workers.count=2",
+                                "pipeline.reseed_every=null",
                                 "ray.address=ray://head:10001", "workers.num_cpus=0.5"])
     assert config.model.name == "sam2_hiera_s"
     assert config.workers.count == 2
@@ -104,3 +105,34 @@ def test_content_hash_is_stable_and_sensitive() -> None:
     assert a.content_hash() == b.content_hash()
     c = validate_config({**MINIMAL, "pipeline": {"points_per_side": 8}})
     assert c.content_hash() != a.content_hash()
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"pipeline": {"points_per_sid": 8}}, "points_per_sid: unknown key (did you mean pipeline.points_per_side?)"),
+        ({"modle": {}}, "modle: unknown key (did you mean model?)"),
+        ({"workers": {"zzz": 1}}, "workers.zzz: unknown key\n"),
+    ],
+)
+def test_unknown_keys_suggest_the_closest_one(data: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate_config({**MINIMAL, **data})
+    assert expected in str(err.value) + "\n"
+
+
+def test_no_weights_is_refused_naming_how_to_get_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MASKLET_WEIGHTS_MIRROR", raising=False)
+    with pytest.raises(ConfigError) as err:
+        validate_config({"source": {"uri": "in/"}, "output": {"uri": "out/"}})
+    message = str(err.value)
+    assert "model: sam2.1_hiera_t has no weights: set model.checkpoint to 'official'" in message
+    assert "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt" in message
+    assert "hf://facebook/sam2.1-hiera-tiny/sam2.1_hiera_tiny.pt" in message
+    assert "MASKLET_WEIGHTS_MIRROR" in message and "model.init=random" in message
+    with pytest.raises(ConfigError, match="model.checkpoint and model.init=random exclude each other"):
+        validate_config({**MINIMAL, "model": {"init": "random", "checkpoint": "s3://b/m.pt"}})
+    with pytest.raises(ConfigError, match="'sam2.1_hiera_l' names another model than 'sam2.1_hiera_t'"):
+        validate_config({**MINIMAL, "model": {"checkpoint": "sam2.1_hiera_l"}})
+    with pytest.raises(ConfigError, match="masklet_demo has no official checkpoint"):
+        validate_config({**MINIMAL, "model": {"name": "masklet_demo", "checkpoint": "official"}})

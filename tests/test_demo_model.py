@@ -10,7 +10,7 @@ import torch
 from masklet.config import validate_config
 from masklet.eval import holdout
 from masklet.model import build_model
-from masklet.model.checkpoint import load_checkpoint
+from masklet.pipelines.model_loading import load_weights
 from masklet.synth.corpus import write_corpus
 from masklet.weights import packaged_weights
 
@@ -23,7 +23,7 @@ def test_weights_ship_with_the_package_and_load_strictly() -> None:
     path = packaged_weights("masklet_demo")
     assert path is not None and Path(path).is_file()
     assert os.path.getsize(path) <= 10 * 2**20
-    load_checkpoint(build_model("masklet_demo"), path)
+    load_weights(build_model("masklet_demo"), path)
     assert packaged_weights("sam2.1_hiera_t") is None  # the official models never ship
     job = {"source": {"uri": "in/*.tar"}, "output": {"uri": "out"}, "model": {"name": "masklet_demo"}}
     config = validate_config(job)

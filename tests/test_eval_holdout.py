@@ -46,7 +46,7 @@ def config(uri: str | Path, **sections: dict[str, Any]) -> JobConfig:
     data: dict[str, Any] = {
         "source": {"uri": str(uri), "fps": 12},
         "output": {"uri": "unused-out"},
-        "model": {"image_size": 128, "device": "cpu"},
+        "model": {"image_size": 128, "device": "cpu", "init": "random"},  # tests pass their own model or want noise
         "pipeline": {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "max_objects": 4},
     }
     for name, values in sections.items():

@@ -17,7 +17,8 @@ from masklet.jobs.progress import Progress
 from masklet.jobs.worker import ShardResult
 from masklet.synth.corpus import write_corpus
 
-BASE = {"source": {"uri": "in/shard-*.tar"}, "output": {"uri": "out"}}
+# untrained weights, asked for by name: these tests run no model
+BASE = {"source": {"uri": "in/shard-*.tar"}, "output": {"uri": "out"}, "model": {"init": "random"}}
 
 
 def _config(**sections: dict) -> dict:
@@ -72,7 +73,8 @@ def test_run_refuses_before_any_work_with_exit_2(tmp_path: Path, capsys: pytest.
         ([str(config), "workers.pipeline=no_such_module:build"], "cannot import 'no_such_module'"),
         ([str(config), "workers.pipeline=jobs_plugins:no_such_factory"], "has no function 'no_such_factory'"),
         ([str(config), "source.format=frames", f"source.uri={corpus}", "output.write_video=true"], "write_video"),
-        ([str(config), "model.checkpoint=" + str(tmp_path / "missing.pt")], "missing.pt"),
+        ([str(config), "model.init=checkpoint", "model.checkpoint=" + str(tmp_path / "missing.pt")], "missing.pt"),
+        ([str(config), "model.init=checkpoint"], "sam2.1_hiera_t has no weights: set model.checkpoint to 'official'"),
         (["--config-json", "[1]"], "must be a JSON object"),
     ]
     for args, message in cases:

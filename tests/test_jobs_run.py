@@ -82,7 +82,7 @@ def test_run_labels_every_shard_and_a_rerun_does_nothing(
     assert list_done(str(reference)) == set(SHARDS)
     truth = ground_truth(corpus)
     job = json.loads((reference / "job.json").read_text())
-    assert job["model"] == "sam2.1_hiera_t" and job["checkpoint_sha256"] is None
+    assert job["model"] == "sam2.1_hiera_t" and job["checkpoint_sha256"] is None and job["init"] == "random"
     assert job["config"]["workers"]["pipeline"] == "jobs_plugins:ground_truth"
     kept = total = 0
     for shard, out in read_output(reference).items():
@@ -120,7 +120,9 @@ def test_run_labels_every_shard_and_a_rerun_does_nothing(
     markers = {p.name: p.read_bytes() for p in (reference / "_done").iterdir()}
     config = reference.parent / "job.yaml"
     assert main(["run", str(config), "workers.count=1"]) == 0  # placement settings are not part of the job
-    assert "nothing to do: all 4 shards are done" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "nothing to do: all 4 shards are done" in out
+    assert "sam2.1_hiera_t, UNTRAINED seeded random weights (model.init=random)" in out
     assert {p.name: p.read_bytes() for p in (reference / "_done").iterdir()} == markers
 
 

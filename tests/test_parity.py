@@ -2,7 +2,7 @@
 flags, with and without the official post-processing.
 
 The fixtures come from tests/parity/make_fixtures.py (its docstring describes them). Our model loads the
-official state dict through `load_checkpoint`; the image encoder, `ImagePredictor` and a streaming
+official state dict through `load_weights`; the image encoder, `ImagePredictor` and a streaming
 `VideoTracker` replaying the official `SAM2VideoPredictor` calls (objects are prompted as the stream
 reaches their frame) must agree to 1e-4 with identical binarized masks.
 
@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from parity_fixtures import FIXTURES, spec_from_fixture
 
 from masklet.model import SAM2Model, build_model
-from masklet.model.checkpoint import load_checkpoint
 from masklet.model.image_predictor import ImagePredictor
 from masklet.model.tracker import TrackOutput, VideoTracker
 from masklet.model.transforms import prepare_image
+from masklet.pipelines.model_loading import load_weights
 
 FLAG_SETS = ("sam2", "sam2.1")
 MODES = ("postprocess", "raw")  # the official builders' apply_postprocessing=True / False
@@ -48,7 +48,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @cache
 def model(flag_set: str, mode: str) -> SAM2Model:
     m = build_model(spec_from_fixture(flag_set), apply_postprocessing=mode == "postprocess")
-    load_checkpoint(m, str(FIXTURES / flag_set / "model.pt"))
+    load_weights(m, str(FIXTURES / flag_set / "model.pt"))
     return m
 
 

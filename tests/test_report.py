@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
+import shutil
 import tarfile
 from collections import Counter
 from dataclasses import replace
@@ -173,3 +175,15 @@ def test_report_of_a_cut_output_tar_names_the_break(tmp_path: Path) -> None:
     assert f"kept masklets of {last}" not in found
     section = page.split(f'id="video-{last}"', 1)[1].split("</section>", 1)[0]
     assert "frames unavailable:" in section and "shard-000000.tar is truncated or corrupt after member" in section
+
+
+def test_untrained_weights_are_a_warning_at_the_top(local_output: tuple[str, list], tmp_path: Path) -> None:
+    root, _ = local_output
+    job = json.loads(Path(root, "job.json").read_text())
+    assert "untrained weights" not in Path(write_report(root, str(tmp_path / "plain.html"))).read_text()
+    random_root = tmp_path / "random"
+    shutil.copytree(root, random_root)
+    job["config"]["model"] = {"name": "sam2.1_hiera_t", "init": "random"}
+    (random_root / "job.json").write_text(json.dumps(job))
+    page = Path(write_report(str(random_root), str(tmp_path / "random.html"))).read_text()
+    assert page.index("Warning: untrained weights") < page.index("<h2>Job</h2>")

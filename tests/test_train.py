@@ -15,8 +15,8 @@ from masklet.cli import main
 from masklet.config import ConfigError
 from masklet.io import rle
 from masklet.model import build_model
-from masklet.model.checkpoint import load_checkpoint
 from masklet.model.sam2 import SegmentOutput
+from masklet.pipelines.model_loading import load_weights
 from masklet.synth.corpus import write_corpus
 from masklet.train import clicks
 from masklet.train.config import ClipConfig, LossConfig, PromptConfig, TrainConfig, load_train_config
@@ -210,7 +210,7 @@ def test_train_writes_official_layout_and_resumes_exactly(corpus: str, tmp_path:
     straight = train(config(corpus, str(tmp_path / "a")), model=tiny(), on_log=lambda _: None)
     assert straight.steps == 4 and straight.resumed_from == 0
     reloaded = build_model(SPEC)
-    load_checkpoint(reloaded, straight.checkpoint)  # strict: every key, official layout
+    load_weights(reloaded, straight.checkpoint)  # strict: every key, official layout
     saved = torch.load(straight.checkpoint, weights_only=True)
     assert set(saved) == {"model", "masklet"} and saved["masklet"]["step"] == 4
     assert any(
@@ -260,7 +260,7 @@ def test_train_to_s3_and_resume_from_it(corpus: str, s3_bucket: str) -> None:
     train(config(corpus, out, optim={"steps": 2}), model=tiny(), on_log=lambda _: None)
     result = train(config(corpus, out, optim={"steps": 3}), model=tiny(), on_log=lambda _: None)
     assert result.resumed_from == 2 and result.checkpoint == f"{out}/model.pt"
-    load_checkpoint(build_model(SPEC), result.checkpoint)
+    load_weights(build_model(SPEC), result.checkpoint)
 
 
 def test_no_usable_video_is_a_clear_error(corpus: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,6 +36,7 @@ from masklet.io.schema import MaskletRecord
 from masklet.io.sources import Shard, VideoError, VideoInput, iter_videos, list_shards
 from masklet.io.video import Frame
 from masklet.model import SAM2Model
+from masklet.pipelines.model_loading import load_model
 from masklet.pipelines.quality import MaskletSequences
 from masklet.pipelines.tracking import TrackerFactory, record, tracker_factory
 
@@ -294,7 +295,6 @@ def evaluate(
     video, in corpus order; a video that cannot be decoded or scored is a row with status "error".
     """
     from masklet.jobs.pipeline_registry import factory_path, load_factory
-    from masklet.jobs.worker import load_model
     from masklet.model.device import resolve_device
 
     unknown = [m for m in modes if m not in MODES]
@@ -305,7 +305,7 @@ def evaluate(
     plan = _plan(config, max_videos)
     device = device if device is not None else resolve_device(config.model.device)
     if model is None:
-        model = load_model(config, device, config.model.sha256)
+        model = load_model(config.model, device, config.model.sha256)
     model.eval()
     auto_config = _auto_config(config)
     pipeline = load_factory(factory_path(auto_config))(auto_config, model, device) if "auto" in modes else None

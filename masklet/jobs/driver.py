@@ -22,6 +22,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from masklet.config import JobConfig
 from masklet.io import storage
+from masklet.io.checkpoint_files import fetch
 from masklet.io.sinks import list_done
 from masklet.io.sources import Shard, list_shards
 from masklet.jobs.cluster import Cluster, Layout, connect, plan_layout
@@ -29,7 +30,6 @@ from masklet.jobs.manifest import JOB_FILE, JobRecord, claim_output
 from masklet.jobs.pipeline_registry import factory_path, load_factory
 from masklet.jobs.progress import PROGRESS_FILE, FailedShard, Progress
 from masklet.jobs.worker import ShardWorker
-from masklet.model.checkpoint import fetch
 
 POLL_SECONDS = 1.0
 
@@ -70,7 +70,7 @@ def plan_job(config: JobConfig, *, force: bool = False) -> JobPlan:
     done = list_done(config.output.uri) & {s.id for s in shards}
     sha256 = config.model.sha256
     if config.model.weights and sha256 is None:
-        sha256 = fetch(config.model.weights)["sha256"]
+        sha256 = fetch(config.model.weights).sha256
     record = JobRecord.for_config(config, sha256)
     claim = claim_output(config.output.uri, record, force=force)
     return JobPlan(config, shards, done, record, claim, factory)
@@ -312,11 +312,10 @@ def _print_plan(plan: JobPlan, out: TextIO) -> None:
         "forced": "--force: another job's outputs kept, job.json now records this one",
     }
     model = config.model
-    weights = (
-        f"checkpoint {model.weights} (sha256 {plan.record.checkpoint_sha256[:12]})"
-        if model.weights and plan.record.checkpoint_sha256
-        else "seeded random weights (no model.checkpoint)"
-    )
+    if model.init == "random":
+        weights = "UNTRAINED seeded random weights (model.init=random): the labels are noise, for tests only"
+    else:
+        weights = f"checkpoint {model.weights} (sha256 {str(plan.record.checkpoint_sha256)[:12]})"
     print(f"masklet run: job {plan.record.config_hash[:12]} ({claim[plan.claim]})", file=out)
     print(f"  input:    {len(plan.shards)} shard(s) ({config.source.format}) at {config.source.uri}", file=out)
     print(f"  output:   {config.output.uri}: {len(plan.done)} shard(s) already done, {len(plan.todo)} to run", file=out)

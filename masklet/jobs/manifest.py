@@ -28,6 +28,7 @@ class JobRecord:
 
     config_hash: str
     model: str
+    init: str  # "checkpoint", or "random": untrained weights, asked for by name
     checkpoint: str | None
     checkpoint_sha256: str | None
     config: dict[str, Any]
@@ -40,6 +41,7 @@ class JobRecord:
         return cls(
             config_hash=config.content_hash(),
             model=config.model.name,
+            init=config.model.init,
             checkpoint=config.model.weights,
             checkpoint_sha256=checkpoint_sha256,
             config=config.model_dump(mode="json"),
@@ -53,6 +55,7 @@ class JobRecord:
         return {
             "config_hash": self.config_hash,
             "model": self.model,
+            "init": self.init,
             "checkpoint": self.checkpoint,
             "checkpoint_sha256": self.checkpoint_sha256,
             "masklet_version": self.masklet_version,

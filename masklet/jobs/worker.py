@@ -29,14 +29,10 @@ from masklet.io.sources import Shard, VideoError, VideoInput, iter_videos, sanit
 from masklet.io.video import FRAME_FOLDER_FPS, Frame, FrameFiles, VideoStream, open_video
 from masklet.jobs.metrics import WorkerMetrics
 from masklet.jobs.pipeline_registry import factory_path, load_factory
-from masklet.model import SAM2Model, build_model
-from masklet.model.checkpoint import load_checkpoint
 from masklet.model.device import resolve_device
+from masklet.pipelines.model_loading import load_model
 
 log = logging.getLogger(__name__)
-
-RANDOM_WEIGHTS_SEED = 0
-
 
 @dataclass
 class ShardResult:
@@ -96,21 +92,6 @@ class TimedFrames:
             frames.close()
 
 
-def load_model(config: JobConfig, device: torch.device, checkpoint_sha256: str | None) -> SAM2Model:
-    """Build the model on `device` and load its weights through the node-local checkpoint cache.
-
-    `checkpoint_sha256` is what job.json recorded, so every worker loads the same bytes. Without
-    weights (no model.checkpoint and none shipped for the preset) they are random but seeded, identical in
-    every worker and every run.
-    """
-    dtype = None if config.model.dtype == "auto" else getattr(torch, config.model.dtype)
-    torch.manual_seed(RANDOM_WEIGHTS_SEED)
-    model = build_model(config.model.name, image_size=config.model.image_size, device=device, dtype=dtype)
-    if config.model.weights:
-        load_checkpoint(model, config.model.weights, sha256=checkpoint_sha256)
-    return model
-
-
 class ShardWorker:
     """One worker actor's state: the model and pipeline, built once, and the shard in hand."""
 
@@ -123,7 +104,7 @@ class ShardWorker:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(config.workers.num_cpus)))
         t0 = time.perf_counter()
-        model = load_model(config, self.device, checkpoint_sha256)
+        model = load_model(config.model, self.device, checkpoint_sha256)
         self.pipeline = load_factory(factory_path(config))(config, model, self.device)
         self.load_seconds = time.perf_counter() - t0
         self.metrics = WorkerMetrics(name)

@@ -37,6 +37,7 @@ def write_report(root: str, out: str | None = None, *, videos: int = DEFAULT_VID
     sections = [
         f"<h1>masklet report</h1><p class=muted>{esc(root)} &middot; generated {esc(_now())} by masklet "
         f"{esc(__version__)}</p>",
+        _random_weights_warning(summary),
         _summary_section(summary),
         _funnel_section(summary),
         _histogram_section(summary),
@@ -83,6 +84,17 @@ def choose_videos(summary: OutputSummary, count: int, keys: Sequence[str]) -> li
         )
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: (-r["num_masklets"], r["video_key"]))
     return list(dict.fromkeys([*(by_name[k] for k in keys), *(r["video_key"] for r in ok[:count])]))
+
+
+def _random_weights_warning(summary: OutputSummary) -> str:
+    """Labels from untrained weights are noise; a report of them must say so before anything else."""
+    if (summary.config.get("model") or {}).get("init") != "random":
+        return ""
+    return (
+        "<p class=problem><strong>Warning: untrained weights.</strong> This job ran with model.init=random "
+        "(seeded random weights, asked for by name): its masklets are noise, fit for tests only, not for training."
+        "</p>"
+    )
 
 
 def _summary_section(summary: OutputSummary) -> str:

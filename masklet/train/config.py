@@ -10,7 +10,16 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from masklet.config import MODEL_PRESETS, ConfigError, Fraction, Section, read_yaml_config, validate_section
+from masklet.config import (
+    MODEL_PRESETS,
+    ConfigError,
+    Fraction,
+    Section,
+    read_yaml_config,
+    require_weights,
+    validate_section,
+)
+from masklet.weights import resolve_weights
 
 
 class DataConfig(Section):
@@ -33,7 +42,13 @@ class TrainModelConfig(Section):
 
     name: str = "masklet_demo"
     image_size: int | None = Field(default=None, ge=64, multiple_of=32, description="null: the preset's")
-    init_checkpoint: str | None = Field(default=None, description="fine-tune from these weights; null: random init")
+    init_checkpoint: str | None = Field(
+        default=None,
+        description="fine-tune from these weights: a URI or 'official'; null: the weights shipped with the package",
+    )
+    init: Literal["checkpoint", "random"] = Field(
+        default="checkpoint", description="random: train from untrained seeded weights, only when asked for by name"
+    )
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(default="auto", description="auto: bfloat16 on cuda")
 
@@ -41,7 +56,13 @@ class TrainModelConfig(Section):
     def _known_preset(self) -> TrainModelConfig:
         if self.name not in MODEL_PRESETS:
             raise ValueError(f"unknown model {self.name!r}; expected one of {', '.join(MODEL_PRESETS)}")
+        require_weights(self.name, self.init_checkpoint, self.init, "model.init_checkpoint")
         return self
+
+    @property
+    def weights(self) -> str | None:
+        """The URI to start from (`init_checkpoint` resolved, else the shipped weights); None for `init: random`."""
+        return None if self.init == "random" else resolve_weights(self.name, self.init_checkpoint)
 
 
 class PromptConfig(Section):

@@ -3,7 +3,7 @@
 One step is one clip (all its sampled objects in one batch). Randomness is drawn from a generator
 seeded by (seed, step), so a resumed run samples exactly the clips and prompts an uninterrupted one
 would. `last.pt` carries the optimizer and the step; `model.pt`, written at the end, is the model
-alone. Both are the official layout (`{"model": state_dict, ...}`), so `load_checkpoint` and the
+alone. Both are the official layout (`{"model": state_dict, ...}`), so `load_weights` and the
 official SAM 2 code read them.
 """
 
@@ -21,9 +21,11 @@ import numpy as np
 import torch
 
 from masklet.io import storage
-from masklet.model.checkpoint import CheckpointError, check_state_dict, load_checkpoint, save_checkpoint
+from masklet.io.checkpoint_files import save_checkpoint
+from masklet.model.checkpoint import CheckpointError, load_state_dict
 from masklet.model.device import resolve_device
 from masklet.model.sam2 import SAM2Model, build_model
+from masklet.pipelines.model_loading import load_weights
 from masklet.train.config import TrainConfig
 from masklet.train.data import ClipSampler, load_videos
 from masklet.train.losses import frame_loss
@@ -50,8 +52,8 @@ def build_trainable(config: TrainConfig, device: torch.device) -> SAM2Model:
     model = build_model(
         config.model.name, image_size=config.model.image_size, apply_postprocessing=False, device=device
     )
-    if config.model.init_checkpoint:
-        load_checkpoint(model, config.model.init_checkpoint)
+    if config.model.weights is not None:
+        load_weights(model, config.model.weights)
     return model.train()
 
 
@@ -128,7 +130,7 @@ def train(
             if done < config.optim.steps:
                 window = {}
     final = storage.join(config.output.uri, FINAL)
-    sha = save_checkpoint(model, final, masklet=_metadata(config, config.optim.steps))
+    sha = save_checkpoint(model.state_dict(), final, masklet=_metadata(config, config.optim.steps))
     _save_last(last_uri, model, optimizer, scheduler, config, config.optim.steps)
     on_log(f"wrote {final} (sha256 {sha})")
     return TrainResult(final, sha, config.optim.steps, start, {k: float(np.mean(v)) for k, v in window.items()})
@@ -179,7 +181,7 @@ def _save_last(
     step: int,
 ) -> None:
     save_checkpoint(
-        model,
+        model.state_dict(),
         uri,
         optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(),
@@ -207,8 +209,7 @@ def _resume(
             f"{uri} is not a masklet training checkpoint of {config.model.name!r} "
             f"(it says {meta.get('model_name')!r}); use another output.uri or remove it"
         )
-    check_state_dict(model, state["model"], uri)
-    model.load_state_dict(state["model"])
+    load_state_dict(model, state["model"], uri)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     step = int(meta["step"])
