@@ -12,6 +12,13 @@ from masklet.io import rle, sav
 mask_util = pytest.importorskip("pycocotools.mask")
 
 H, W = 12, 10
+# the keys of SA-V's sav_000001_manual.json and _auto.json (sam2 repo, sav_dataset/example/), in order
+SAV_FIELDS = [
+    "video_id", "video_duration", "video_frame_count", "video_height", "video_width", "video_resolution",
+    "video_environment", "video_split", "masklet", "masklet_id", "masklet_size_rel", "masklet_size_abs",
+    "masklet_size_bucket", "masklet_visibility_changes", "masklet_first_appeared_frame", "masklet_frame_count",
+    "masklet_edited_frame_count", "masklet_type", "masklet_stability_score", "masklet_num",
+]  # fmt: skip
 
 
 def box(t0: int, t1: int, y0: int, y1: int, x0: int, x1: int, frames: int = 5) -> np.ndarray:
@@ -31,7 +38,9 @@ def masks() -> np.ndarray:
 
 def test_fields_and_statistics(masks: np.ndarray) -> None:
     doc = sav.build_from_masks("vid", masks, fps=24, frame_indices=[0, 4, 8, 12, 16], video_frame_count=20)
+    assert list(doc) == [*SAV_FIELDS, "fps", "video_fps", "masklet_frame_indices", "masklet_source"]
     assert doc["video_id"] == "vid"
+    assert doc["video_environment"] is None and doc["video_split"] == "train"
     assert doc["video_frame_count"] == 20.0 and doc["video_duration"] == pytest.approx(20 / 24)
     assert (doc["video_height"], doc["video_width"], doc["video_resolution"]) == (12.0, 10.0, 120.0)
     assert doc["masklet_id"] == [0, 1, 2] and doc["masklet_num"] == 3
@@ -40,12 +49,13 @@ def test_fields_and_statistics(masks: np.ndarray) -> None:
     assert doc["masklet_size_rel"] == pytest.approx([20 / 120, 48 / 120, 0.0])
     assert doc["masklet_size_bucket"] == ["small", "small", "small"]
     assert doc["masklet_visibility_changes"] == [2, 0, 0]
-    assert doc["masklet_first_appeared_frame"] == [0, 12, -1]  # video frame indices
+    assert doc["masklet_first_appeared_frame"] == [0, 3, -1]  # annotated frames, as SA-V counts
     assert doc["masklet_frame_count"] == [5, 5, 5]
     assert doc["masklet_edited_frame_count"] == [0, 0, 0]
-    assert doc["masklet_type"] == ["manual"] * 3
-    assert doc["masklet_stability_score"] == [None] * 3
+    assert doc["masklet_type"] == ["manual"] * 3 and doc["masklet_source"] == ["synthetic"] * 3
+    assert doc["masklet_stability_score"] == [None] * 3  # a manual file: one null per object
     assert doc["masklet_frame_indices"] == [0, 4, 8, 12, 16]
+    assert (doc["fps"], doc["video_fps"]) == (6, 24.0)
     json.dumps(doc)  # plain JSON types only
 
 
@@ -70,10 +80,51 @@ def test_parse_round_trip(masks: np.ndarray) -> None:
         ann.masks(3)
 
 
-def test_files_without_frame_indices_use_the_sav_stride(masks: np.ndarray) -> None:
+@pytest.mark.parametrize(
+    ("fields", "indices"),
+    [({}, [0, 4, 8, 12, 16]), ({"fps": 24}, [0, 1, 2, 3, 4]), ({"fps": [12]}, [0, 2, 4, 6, 8])],
+)
+def test_files_without_frame_indices_are_read_as_the_official_loader_reads_sav(
+    masks: np.ndarray, fields: dict, indices: list[int]
+) -> None:
+    """SA-V's own files (no fields) at stride 4; an `fps` field as frames_fps 24 divided by it."""
     doc = sav.build_from_masks("vid", masks, fps=24)
+    del doc["masklet_frame_indices"], doc["fps"]
+    assert sav.parse({**doc, **fields}).frame_indices == indices
+
+
+def test_files_of_older_masklet_versions_parse_by_their_frame_indices(masks: np.ndarray) -> None:
+    """Before `fps`, `video_fps`, `masklet_source` and SA-V's video_environment/split, masklet_type was ours."""
+    doc = sav.build_from_masks("vid", masks, fps=24, frame_indices=[0, 1, 2, 3, 4])
+    for name in ("fps", "video_fps", "masklet_source", "video_environment", "video_split"):
+        del doc[name]
+    doc["masklet_type"] = ["synthetic"] * 3
+    assert sav.parse(doc).frame_indices == [0, 1, 2, 3, 4]
+
+
+def test_files_without_frame_indices_and_an_fps_sav_cannot_have_are_refused(masks: np.ndarray) -> None:
+    doc = sav.build_from_masks("vid", masks, fps=30, frame_indices=[0, 5, 10, 15, 20])
     del doc["masklet_frame_indices"]
-    assert sav.parse(doc).frame_indices == [0, 4, 8, 12, 16]
+    with pytest.raises(ValueError, match="does not divide"):
+        sav.parse({**doc, "fps": 5})
+
+
+@pytest.mark.parametrize(
+    ("indices", "fps", "expected"),
+    [
+        ([0, 4, 8], 24, 6),
+        ([0, 5, 10], 30, 6),
+        ([0, 5, 10], 29.97, 6),  # the loader is given frames_fps 30
+        ([0, 1, 2], 24, 24),
+        ([0, 4, 8], 25, None),  # 6.25 annotated frames a second
+        ([0, 4, 9], 24, None),  # no stride
+        ([2, 6, 10], 24, None),  # the loader's entry 0 is frame 0
+        ([0], 24, None),
+        ([], 24, None),
+    ],
+)
+def test_loader_fps(indices: list[int], fps: float, expected: int | None) -> None:
+    assert sav.loader_fps(indices, fps) == expected
 
 
 def test_build_from_rles_with_options() -> None:
@@ -84,13 +135,13 @@ def test_build_from_rles_with_options() -> None:
         height=H,
         width=W,
         fps=24,
-        masklet_type="auto",
+        sources=["prompt"],
         edited_frame_counts=[1],
-        stability_scores=[[0.9, 0.8]],
+        stability_scores=[[0.9], [0.8]],
     )
-    assert doc["masklet_type"] == ["auto"]
+    assert doc["masklet_type"] == ["auto"] and doc["masklet_source"] == ["prompt"]
     assert doc["masklet_edited_frame_count"] == [1]
-    assert doc["masklet_stability_score"] == [[0.9, 0.8]]
+    assert doc["masklet_stability_score"] == [[0.9], [0.8]]  # [frame][object], as in SA-V's *_auto.json
     assert doc["masklet_visibility_changes"] == [1]
     assert doc["video_frame_count"] == 2.0
 
@@ -112,6 +163,10 @@ def test_bad_input_is_refused(masks: np.ndarray) -> None:
         sav.build_from_masks("vid", masks, fps=24, video_frame_count=3)
     with pytest.raises(ValueError, match="size"):
         sav.build("vid", [[rle.encode(np.ones((3, 3), bool))]], height=H, width=W, fps=24)
+    with pytest.raises(ValueError, match="unknown masklet source"):
+        sav.build_from_masks("vid", masks, fps=24, sources=["auto", "manual", "prompt"])
+    with pytest.raises(ValueError, match=r"\[annotated frame\]\[object\]"):
+        sav.build_from_masks("vid", masks, fps=24, sources=["auto"] * 3, stability_scores=[[0.9] * 5] * 3)
     with pytest.raises(ValueError, match="masklet"):
         sav.parse({"video_id": "vid"})
     doc = sav.build_from_masks("vid", masks, fps=24)

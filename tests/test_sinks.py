@@ -131,6 +131,8 @@ def test_local_shard_reads_back_with_pyarrow_webdataset_and_pycocotools(tmp_path
         assert doc["video_id"] == sample["__key__"] and sample["mp4"] == f"MP4 {doc['original_key']}".encode()
         assert doc["masklet_id"] == [10, 11]  # the rejected masklet 12 is not in the SA-V JSON
         assert doc["masklet_frame_indices"] == FRAMES and doc["masklet_edited_frame_count"] == [0, 1]
+        assert (doc["fps"], doc["video_fps"]) == (6, 24.0)  # 24 fps annotated every 4th frame
+        assert doc["masklet_stability_score"] == [[0.95 + 0.01 * t] * 2 for t in range(len(FRAMES))]
         masks = expected[doc["video_id"]]
         for t, frame in enumerate(doc["masklet"]):
             for j, r in enumerate(frame):
@@ -302,9 +304,11 @@ def test_sav_frames_cover_the_video_and_late_masklets_are_padded(tmp_path: Path)
         s["__key__"]: json.loads(s["json"]) for s in webdataset.WebDataset(f"{tmp_path}/wds/s1.tar", shardshuffle=False)
     }
     doc = docs["v"]
-    assert doc["masklet_frame_indices"] == FRAMES and doc["masklet_type"] == ["prompt"]
+    assert doc["masklet_frame_indices"] == FRAMES
+    assert doc["masklet_type"] == ["auto"] and doc["masklet_source"] == ["prompt"]  # model-made: SA-V's "auto"
     decoded = np.stack([mask_util.decode(frame[0]).astype(bool) for frame in doc["masklet"]])
     np.testing.assert_array_equal(decoded[:2], False)
     np.testing.assert_array_equal(decoded[2:], masks[1, 2:])
-    assert doc["masklet_stability_score"] == [[0.0, 0.0, 0.5, 0.5, 0.5]]
+    assert doc["masklet_stability_score"] == [[0.0], [0.0], [0.5], [0.5], [0.5]]  # [frame][object]
+    assert doc["masklet_first_appeared_frame"] == [2]  # the third annotated frame (video frame 8)
     assert docs["still"]["masklet"] == [[], [], []] and docs["still"]["masklet_id"] == []

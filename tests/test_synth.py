@@ -68,7 +68,9 @@ def test_shards_and_samples(written: tuple[Path, list[str]], samples: list[dict]
         assert all(set(o["events"]) == set(EVENTS) for o in meta["objects"])
         gt = sav.parse(sample["gt.json"])
         assert gt.video_id == sample["__key__"] and gt.frame_indices == list(range(12))
-        assert gt.doc["masklet_type"] == ["synthetic"] * len(meta["objects"])
+        assert gt.doc["masklet_type"] == ["manual"] * len(meta["objects"])  # ground truth: SA-V's "manual"
+        assert gt.doc["masklet_source"] == ["synthetic"] * len(meta["objects"])
+        assert (gt.doc["fps"], gt.doc["video_fps"]) == (24, 24.0)  # every frame of a 24 fps video annotated
     assert len({json.dumps([o["shape"] for o in json.loads(s["json"])["objects"]]) for s in samples}) > 1
 
 
@@ -136,7 +138,7 @@ def test_late_entry(truth: list, samples: list[dict]) -> None:
         for obj, seen in enumerate(gt.any(axis=(2, 3))):
             late = bool(seen.any() and not seen[0])
             assert meta["objects"][obj]["events"]["late_entry"] == late == (first[obj] > 0)
-            assert meta["objects"][obj]["first_visible_frame"] == first[obj]
+            assert meta["objects"][obj]["first_visible_frame"] == first[obj]  # every frame is annotated
             found += late
     assert found
 

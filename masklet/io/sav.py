@@ -1,22 +1,30 @@
-"""SA-V annotation JSON (the format of SA-V's `sav_XXXXXX_manual.json`): build it and read it back.
+"""SA-V annotation JSON (the format of SA-V's `sav_XXXXXX_{manual,auto}.json`): build it and read it back.
 
-Field meanings follow the SA-V dataset README (sam2 repo, `sav_dataset/README.md`):
-`masklet` is a list over annotated frames, each a list over objects of COCO RLEs; the `masklet_*`
-statistics are lists over objects; `masklet_size_abs` / `_rel` are the mean mask area (pixels /
-fraction of the frame) over the annotated frames where the object is visible; the size bucket uses
-the COCO thresholds on that absolute area (small < 32^2 <= medium < 96^2 <= large);
-`masklet_visibility_changes` counts visible<->invisible switches after the first appearance;
-`masklet_frame_count` is the number of annotated frames. `video_*` numbers are floats, as in SA-V.
+Field meanings follow the SA-V dataset README (sam2 repo, `sav_dataset/README.md`) and its example
+files: `masklet` is a list over annotated frames, each a list over objects of COCO RLEs;
+`masklet_stability_score` has the same [annotated frame][object] layout (an `*_auto.json` file) or
+is one null per object (a `*_manual.json` file); the other `masklet_*` statistics are lists over
+objects. `masklet_size_abs` / `_rel` are the mean mask area (pixels / fraction of the frame) over the
+annotated frames where the object is visible; the size bucket uses the COCO thresholds on that
+absolute area (small < 32^2 <= medium < 96^2 <= large); `masklet_visibility_changes` counts
+visible<->invisible switches after the first appearance; `masklet_first_appeared_frame` and
+`masklet_frame_count` count annotated frames, not video frames (-1: never visible); `masklet_type`
+is "auto" or "manual". `video_*` numbers are floats, as in SA-V.
 
-SA-V annotates every 4th frame of a 24 fps video, and its files do not say so. This module adds one
-field, `masklet_frame_indices`: the video frame index of each entry of `masklet`, so readers never
-guess the stride. `masklet_first_appeared_frame` is a video frame index too (-1: never visible).
-Files without the extension are read with SA-V's stride.
+SA-V annotates every 4th frame of a 24 fps video and its files do not say so; SAM 2's training
+loader (`JSONSegmentLoader`, training/dataset/vos_segment_loader.py) takes the stride from its
+configuration or, when the file has one, from an `fps` field: annotated frames per second, with
+entry i read as video frame i * (frames_fps // int(fps)), `frames_fps` being the loader's setting
+(the video's frame rate). Besides that field, masklet adds fields of its own: `video_fps`,
+`masklet_frame_indices` (the video frame of each `masklet` entry: the authority for masklet's
+readers, so they never guess the stride), `masklet_source` (masklet's kind of each masklet).
+Files without `masklet_frame_indices` are read as the official loader reads them for SA-V.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,10 +33,13 @@ import numpy as np
 from masklet.io import rle
 from masklet.io.rle import RLE
 
-SAV_STRIDE = 4  # SA-V: 24 fps videos annotated at 6 fps
+SAV_FPS = 24  # SA-V videos; the loader's default frames_fps
+SAV_STRIDE = 4  # SA-V annotates them at 6 fps
 SMALL_AREA = 32**2
 LARGE_AREA = 96**2
 REQUIRED = ("video_id", "video_frame_count", "video_height", "video_width", "masklet", "masklet_id")
+# masklet's source of a masklet -> SA-V's masklet_type: model-made masks are "auto", ground truth "manual"
+SAV_TYPES = {"auto": "auto", "prompt": "auto", "synthetic": "manual"}
 
 
 def size_bucket(area_abs: float) -> str:
@@ -36,6 +47,22 @@ def size_bucket(area_abs: float) -> str:
     if area_abs < SMALL_AREA:
         return "small"
     return "medium" if area_abs < LARGE_AREA else "large"
+
+
+def loader_fps(frame_indices: Sequence[int], fps: float) -> int | None:
+    """The `fps` field that makes SAM 2's loader read entry i as frame frame_indices[i], or None if none does.
+
+    The loader needs frames 0, s, 2s, ... and a whole number of annotated frames per second: it reads
+    `int(fps)` and divides its `frames_fps`, set to the video's rate rounded (30 for 29.97), by it.
+    25 fps at stride 4 (6.25 per second) has no such number, and fewer than two entries have no stride.
+    """
+    if len(frame_indices) < 2:
+        return None
+    stride = frame_indices[1]
+    rate = max(1, math.floor(fps + 0.5))
+    if list(frame_indices) != list(range(0, stride * len(frame_indices), stride)) or rate % stride:
+        return None
+    return rate // stride
 
 
 def build(
@@ -48,14 +75,16 @@ def build(
     frame_indices: Sequence[int] | None = None,
     video_frame_count: int | None = None,
     masklet_ids: Sequence[int] | None = None,
-    masklet_type: str = "manual",
+    sources: Sequence[str] | None = None,
     edited_frame_counts: Sequence[int] | None = None,
-    stability_scores: Sequence[Sequence[float] | None] | None = None,
+    stability_scores: Sequence[Sequence[float]] | None = None,
 ) -> dict:
-    """An SA-V annotation from RLEs indexed [annotated frame][object].
+    """An SA-V annotation from RLEs indexed [annotated frame][object] of a video at `fps`.
 
     `frame_indices` defaults to every frame (0, 1, 2, ...) and `video_frame_count` to one past the
-    last annotated frame. Statistics are computed from the RLE areas, never from dense masks.
+    last annotated frame. `sources` (keys of SAV_TYPES) default to "synthetic" (ground truth);
+    `stability_scores` are [annotated frame][object] like `masklet`, or None (a manual file).
+    Statistics are computed from the RLE areas, never from dense masks.
     """
     num_entries = len(masklet)
     frame_indices = list(range(num_entries)) if frame_indices is None else [int(i) for i in frame_indices]
@@ -77,8 +106,19 @@ def build(
             if list(r["size"]) != [height, width]:
                 raise ValueError(f"RLE of size {r['size']} in annotated frame {t}, video is {height}x{width}")
     ids = list(range(num_objects)) if masklet_ids is None else [int(i) for i in masklet_ids]
-    if len(ids) != num_objects:
-        raise ValueError(f"{len(ids)} masklet ids for {num_objects} objects")
+    sources = ["synthetic"] * num_objects if sources is None else list(sources)
+    edited = [0] * num_objects if edited_frame_counts is None else [int(c) for c in edited_frame_counts]
+    if not len(ids) == len(sources) == len(edited) == num_objects:
+        raise ValueError(f"masklet_ids, sources and edited_frame_counts need one entry per object ({num_objects})")
+    unknown = sorted(set(sources) - set(SAV_TYPES))
+    if unknown:
+        raise ValueError(f"unknown masklet source(s) {unknown}; known: {sorted(SAV_TYPES)}")
+    if stability_scores is None:
+        stability: list[None] | list[list[float]] = [None] * num_objects
+    else:
+        stability = [[float(x) for x in row] for row in stability_scores]
+        if len(stability) != num_entries or any(len(row) != num_objects for row in stability):
+            raise ValueError(f"stability_scores must be [annotated frame][object] ({num_entries} x {num_objects})")
     areas = rle.area_batch([r for row in masklet for r in row]).reshape(num_entries, num_objects)
     resolution = height * width
     size_abs, changes, first = [], [], []
@@ -87,19 +127,16 @@ def build(
         size_abs.append(float(areas[visible, obj].mean()) if visible.any() else 0.0)
         start = int(np.argmax(visible)) if visible.any() else num_entries
         changes.append(int(np.count_nonzero(visible[start + 1 :] != visible[start:-1])))
-        first.append(frame_indices[start] if start < num_entries else -1)
-    edited = [0] * num_objects if edited_frame_counts is None else [int(c) for c in edited_frame_counts]
-    stability = [None] * num_objects if stability_scores is None else stability_scores
-    stability = [None if s is None else [float(x) for x in s] for s in stability]
-    if len(edited) != num_objects or len(stability) != num_objects:
-        raise ValueError(f"edited_frame_counts and stability_scores need one entry per object ({num_objects})")
-    return {
+        first.append(start if start < num_entries else -1)
+    doc = {
         "video_id": video_id,
         "video_duration": float(video_frame_count / fps),
         "video_frame_count": float(video_frame_count),
         "video_height": float(height),
         "video_width": float(width),
         "video_resolution": float(resolution),
+        "video_environment": None,  # SA-V: "Indoor" / "Outdoor"; masklet does not classify scenes
+        "video_split": "train",  # every SA-V JSON file is a training file (val/test ship as PNGs)
         "masklet": [[{"size": [height, width], "counts": r["counts"]} for r in row] for row in masklet],
         "masklet_id": ids,
         "masklet_size_rel": [a / resolution for a in size_abs],
@@ -109,11 +146,17 @@ def build(
         "masklet_first_appeared_frame": first,
         "masklet_frame_count": [num_entries] * num_objects,
         "masklet_edited_frame_count": edited,
-        "masklet_type": [masklet_type] * num_objects,
+        "masklet_type": [SAV_TYPES[s] for s in sources],
         "masklet_stability_score": stability,
         "masklet_num": num_objects,
-        "masklet_frame_indices": frame_indices,
     }
+    annotation_fps = loader_fps(frame_indices, fps)
+    if annotation_fps is not None:  # absent, not null: the loader would int() a null; absent, its ann_every stands
+        doc["fps"] = annotation_fps
+    doc["video_fps"] = float(fps)
+    doc["masklet_frame_indices"] = frame_indices
+    doc["masklet_source"] = sources
+    return doc
 
 
 def build_from_masks(video_id: str, masks: np.ndarray, *, fps: float, **kwargs) -> dict:
@@ -154,6 +197,16 @@ class SavAnnotation:
         return out
 
 
+def loader_stride(doc: dict) -> int:
+    """The stride SAM 2's loader reads a file with when configured for SA-V (frames_fps 24, ann_every 4)."""
+    if "fps" not in doc:
+        return SAV_STRIDE
+    rate = int(doc["fps"][0] if isinstance(doc["fps"], list) else doc["fps"])
+    if rate <= 0 or SAV_FPS % rate:
+        raise ValueError(f"fps {doc['fps']!r} does not divide SA-V's {SAV_FPS} fps; add masklet_frame_indices")
+    return SAV_FPS // rate
+
+
 def parse(doc: dict | str | bytes) -> SavAnnotation:
     """Read an SA-V annotation (a dict or its JSON text), checking that its shapes agree."""
     if not isinstance(doc, dict):
@@ -164,7 +217,9 @@ def parse(doc: dict | str | bytes) -> SavAnnotation:
     masklet = doc["masklet"]
     ids = [int(i) for i in doc["masklet_id"]]
     indices = doc.get("masklet_frame_indices")
-    indices = [SAV_STRIDE * t for t in range(len(masklet))] if indices is None else [int(i) for i in indices]
+    if indices is None:
+        indices = [loader_stride(doc) * t for t in range(len(masklet))]
+    indices = [int(i) for i in indices]
     if len(indices) != len(masklet):
         raise ValueError(f"masklet_frame_indices has {len(indices)} entries, masklet has {len(masklet)}")
     height, width = int(doc["video_height"]), int(doc["video_width"])

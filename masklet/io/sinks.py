@@ -73,11 +73,11 @@ def sav_annotation(video: VideoRecord, masklets: Sequence[MaskletRecord]) -> dic
     height, width = int(video.height), int(video.width)
     blank = {"size": [height, width], "counts": empty_counts(height, width)}
     grid = [[blank] * len(kept) for _ in axis]
-    stability = [[0.0] * len(axis) for _ in kept]
+    stability = [[0.0] * len(kept) for _ in axis]
     for j, m in enumerate(kept):
         for f, r, s in zip(m.frame_indices, m.rles(), m.stability, strict=True):
             grid[position[f]][j] = r
-            stability[j][position[f]] = s
+            stability[position[f]][j] = s
     doc = sav.build(
         video.video_key,
         grid,
@@ -88,10 +88,10 @@ def sav_annotation(video: VideoRecord, masklets: Sequence[MaskletRecord]) -> dic
         # container metadata can undercount frames; never claim fewer than were annotated
         video_frame_count=max(int(video.frame_count), axis[-1] + 1 if axis else 0),
         masklet_ids=[m.masklet_id for m in kept],
+        sources=[m.source for m in kept],
         edited_frame_counts=[m.edit_count for m in kept],
         stability_scores=stability,
     )
-    doc["masklet_type"] = [m.source for m in kept]
     doc["original_key"] = video.original_key
     doc["source_uri"] = video.source_uri
     return doc

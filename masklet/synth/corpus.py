@@ -1,10 +1,13 @@
 """A synthetic video corpus with exact ground truth, as WebDataset tar shards at any fsspec URI.
 
 Each sample is `{key}.mp4` (H.264), `{key}.json` (what was generated: sizes, objects, events) and
-`{key}.gt.json` (SA-V annotation of every frame, `masklet_type` "synthetic"). A video depends only on
-(seed, video index), so any shard can be regenerated alone, and the shard bytes are reproducible:
-tar headers carry fixed names, mtime, owner and mode. Videos are made one at a time, frames streamed
-through the encoder, so memory does not grow with the corpus; each shard is published atomically.
+`{key}.gt.json`: SA-V annotation of every frame (so any stride a job or a clip sampler picks has exact
+ground truth), `masklet_type` "manual", `masklet_source` "synthetic", and `fps` the video's rate
+(rounded) so that SAM 2's loader configured for SA-V reads frame f from entry f, not f // 4. A video
+depends only on (seed, video index), so any shard can be regenerated alone, and the shard bytes are
+reproducible: tar headers carry fixed names, mtime, owner and mode. Videos are made one at a time,
+frames streamed through the encoder, so memory does not grow with the corpus; each shard is published
+atomically.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def render_sample(seed: int, index: int, *, width: int, height: int, frames: int
             yield frame.rgb
 
     mp4 = encode_mp4(rgb_frames(), fps=fps)
-    gt = sav.build(key, masklet, height=height, width=width, fps=fps, masklet_type="synthetic")
+    gt = sav.build(key, masklet, height=height, width=width, fps=fps)
     events = scene.events(amodal_area, visible_area)
     objects = []
     for obj, happened in zip(scene.objects, events, strict=True):

@@ -1,17 +1,20 @@
 """Check that our SA-V annotations load with the official SAM 2 training code to the same masks.
 
 The official loader is `JSONSegmentLoader` in `training/dataset/vos_segment_loader.py`, which the
-PyPI sam2 1.1.0 sdist ships (`pip download --no-deps --no-binary :all: sam2==1.1.0`); the wheel
-does not. The class needs only json, torch and pycocotools; its module also imports pandas and
-Pillow, which it never uses here, so where they are missing they are stubbed. Run from our venv:
+PyPI sam2 1.1.0 sdist ships (`pip download --no-deps --no-binary :all: --no-build-isolation sam2==1.1.0`;
+without --no-build-isolation pip fails building metadata); the wheel does not. The class needs only
+json, torch and pycocotools; its module also imports pandas and Pillow, which it never uses here, so
+where they are missing they are stubbed. Run from our venv:
 
     .venv/bin/python tests/parity/check_sav_loader.py path/to/sam2-1.1.0.tar.gz   (or the unpacked folder)
 
-It writes, from synthetic ground truth, the SA-V JSON of a video annotated every 4th frame of 24 fps
-(SA-V's own rate) with `masklet.io.sinks.sav_annotation`: kept masklets visible from frame 0 and from
-a later frame, frames where an object is absent, and a dropped masklet that must not appear. The
-official loader then reads it as `JSONRawDataset` does (`ann_every=4`, `frames_fps=24`): every
-annotated frame, every object, all frames valid (what `rm_unannotated` keeps), masks equal.
+It writes SA-V JSON with `masklet.io.sinks.sav_annotation` for videos a job samples at 6 fps (24 fps
+at stride 4, 30 and 29.97 fps at stride 5, 25 fps at stride 4): kept masklets visible from frame 0
+and from a later frame, frames where an object is absent, and a dropped masklet that must not
+appear; and the `{key}.gt.json` of a synthetic video (every frame annotated). The official loader
+reads each as `JSONRawDataset.get_video` does, configured as docs/output-schema.md says (the training
+README's SA-V dataset, `ann_every=4`, with `frames_fps` the video's rate rounded): every annotated
+frame, every object, all frames valid (what `rm_unannotated` keeps), masks equal, and no other frame.
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ import numpy as np
 from masklet.io import rle
 from masklet.io.schema import MaskletRecord, VideoRecord
 from masklet.io.sinks import sav_annotation
+from masklet.io.video import frame_stride
+from masklet.synth.corpus import render_sample
 from masklet.synth.scene import make_scene
 
-STRIDE, FPS, POSITIONS = 4, 24.0, 6
+ANN_EVERY, FRAME_COUNT, HEIGHT, WIDTH = 4, 60, 48, 64  # ANN_EVERY: the training README's SA-V config
+JOB_FPS = ((24.0, 24), (30.0, 30), (29.97, 30), (25.0, 25))  # video fps, the dataset's frames_fps
 
 LOADER = "training/dataset/vos_segment_loader.py"
 
@@ -53,65 +59,77 @@ def official_loader(sdist: Path) -> type:
     return module.JSONSegmentLoader
 
 
-def check(loader_cls: type, path: Path, expected: np.ndarray) -> None:
-    """Load every annotated frame as `JSONRawDataset` does and compare with `expected` [T, K, H, W]."""
-    loader = loader_cls(video_json_path=str(path), ann_every=STRIDE, frames_fps=int(FPS))
-    frames = [STRIDE * i for i in range(expected.shape[0])]
+def check(loader_cls: type, path: Path, expected: dict[int, np.ndarray], frames_fps: int) -> int:
+    """Load every frame as `JSONRawDataset` does; compare with `expected` masks [K, H, W] by video frame."""
+    loader = loader_cls(video_json_path=str(path), ann_every=ANN_EVERY, frames_fps=frames_fps)
+    frames = list(expected)
     assert len(loader.frame_annots) == len(frames)
     valid = [i * loader.ann_every for i, a in enumerate(loader.frame_annots) if a is not None and None not in a]
-    assert valid == frames, valid
-    for t, frame in enumerate(frames):
+    assert valid == frames, (valid, frames)
+    for frame in frames:
         segments = loader.load(frame)
-        assert sorted(segments) == list(range(expected.shape[1])), sorted(segments)
+        assert sorted(segments) == list(range(len(expected[frame]))), sorted(segments)
         for k, mask in segments.items():
-            assert np.array_equal(mask.numpy().astype(bool), expected[t, k]), f"frame {frame}, masklet {k}"
+            assert np.array_equal(mask.numpy().astype(bool), expected[frame][k]), f"frame {frame}, masklet {k}"
     assert all(v == frames for v in loader.get_valid_obj_frames_ids().values())
+    return len(frames) * len(expected[frames[0]])
 
 
-def records(height: int = 48, width: int = 64) -> tuple[VideoRecord, list[MaskletRecord], np.ndarray]:
-    """A video, its masklets (one dropped, one starting late) and the kept masks [T, K, H, W]."""
-    scene = make_scene(0, 0, width=width, height=height, frames=STRIDE * POSITIONS)
-    indices = [STRIDE * i for i in range(POSITIONS)]
-    visible = np.stack([scene.render(f).visible for f in indices])  # [T, objects, H, W]
+def job_output(fps: float) -> tuple[dict, dict[int, np.ndarray]]:
+    """A job's SA-V JSON of a video at `fps` sampled at 6 fps (one masklet late, one dropped) and its masks."""
+    indices = list(range(0, FRAME_COUNT, frame_stride(fps, 6.0)))
+    scene = make_scene(0, 0, width=WIDTH, height=HEIGHT, frames=FRAME_COUNT)
+    visible = {f: scene.render(f).visible for f in indices}
     video = VideoRecord(
-        "vid", "vid", "synthetic", fps=FPS, frame_count=STRIDE * POSITIONS, height=height, width=width,
-        frame_indices=indices,
-    )  # fmt: skip
-    out, kept = [], []
-    for k in range(visible.shape[1]):
-        start = 2 if k == 0 else 0  # object 0 tracked from frame 8 only
-        frames = indices[start:]
-        masks = visible[start:, k]
+        "vid", "vid", "synthetic", fps=fps, frame_count=FRAME_COUNT, height=HEIGHT, width=WIDTH, frame_indices=indices
+    )
+    out, expected = [], {f: np.zeros_like(visible[f]) for f in indices}
+    for k in range(visible[0].shape[0]):
+        frames = indices[2:] if k == 0 else indices  # object 0 tracked from the third annotated frame only
         out.append(
             MaskletRecord.from_frames(
-                "vid", k + 1, source="auto", frame_indices=frames, rles=[rle.encode(m) for m in masks],
+                "vid", k + 1, source="auto", frame_indices=frames, rles=[rle.encode(visible[f][k]) for f in frames],
                 pred_iou=[0.9] * len(frames), stability=[0.95] * len(frames), object_score=[5.0] * len(frames),
                 edit_count=k,
             )
         )  # fmt: skip
-        full = np.zeros_like(visible[:, k])
-        full[start:] = masks
-        kept.append(full)
+        for f in frames:
+            expected[f][k] = visible[f][k]
     out.append(MaskletRecord.from_frames(
-        "vid", 99, source="auto", frame_indices=indices, rles=[rle.encode(m) for m in visible[:, 1]],
-        pred_iou=[0.1] * POSITIONS, stability=[0.1] * POSITIONS, object_score=[5.0] * POSITIONS,
+        "vid", 99, source="auto", frame_indices=indices, rles=[rle.encode(visible[f][1]) for f in indices],
+        pred_iou=[0.1] * len(indices), stability=[0.1] * len(indices), object_score=[5.0] * len(indices),
         kept=False, reject_reason="low_stability",
     ))  # fmt: skip
-    return video, out, np.stack(kept, axis=1)
+    doc = sav_annotation(video, out)
+    assert 99 not in doc["masklet_id"], doc["masklet_id"]
+    return doc, expected
+
+
+def synthetic_ground_truth(fps: int) -> tuple[dict, dict[int, np.ndarray]]:
+    """The `{key}.gt.json` of a synthetic video and the masks it was drawn with, every frame."""
+    frames = 12
+    doc = json.loads(render_sample(3, 0, width=WIDTH, height=HEIGHT, frames=frames, fps=fps)["synth-000000.gt.json"])
+    scene = make_scene(3, 0, width=WIDTH, height=HEIGHT, frames=frames)
+    return doc, {f: scene.render(f).visible for f in range(frames)}
 
 
 def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__)
         return 2
-    video, masklets, expected = records()
-    doc = sav_annotation(video, masklets)
-    assert doc["masklet_id"] == [1, 2, 3], doc["masklet_id"]  # the dropped masklet 99 is not there
+    loader_cls = official_loader(Path(sys.argv[1]))
+    cases = [(f"job output, {fps} fps", *job_output(fps), frames_fps) for fps, frames_fps in JOB_FPS]
+    cases += [(f"synthetic ground truth, {fps} fps", *synthetic_ground_truth(fps), fps) for fps in (24, 30)]
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "vid_manual.json"
-        path.write_text(json.dumps(doc))
-        check(official_loader(Path(sys.argv[1])), path, expected)
-    print(f"official JSONSegmentLoader: {expected.shape[0]} frames x {expected.shape[1]} masklets, same masks")
+        for name, doc, expected, frames_fps in cases:
+            path = Path(tmp) / "vid_manual.json"
+            path.write_text(json.dumps(doc))
+            masks = check(loader_cls, path, expected, frames_fps)
+            stride = list(expected)[1]
+            print(
+                f"official JSONSegmentLoader, {name} (fps field {doc.get('fps')}, frames_fps {frames_fps}): "
+                f"{len(expected)} frames at stride {stride}, {masks}/{masks} masks right"
+            )
     return 0
 
 
