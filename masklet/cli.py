@@ -50,11 +50,11 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from masklet.config import FiltersConfig
+    from masklet.io.layout import JOB_FILE, read_json
     from masklet.io.outputs import rewrite_output
-    from masklet.jobs.manifest import JOB_FILE, read_job
     from masklet.pipelines.filters import apply_filters
 
-    base = ((read_job(args.in_uri) or {}).get("config") or {}).get("filters")
+    base = ((read_json(args.in_uri, JOB_FILE) or {}).get("config") or {}).get("filters")
     filters = FiltersConfig.from_overrides(args.overrides, base)
     origin = f"{args.in_uri}/{JOB_FILE}" if base is not None else "defaults"
     print(f"thresholds ({origin} + overrides): {filters.model_dump(mode='json')}")
@@ -65,12 +65,12 @@ def _cmd_filter(args: argparse.Namespace) -> int:
         outcomes.update((r.reject_reason or "kept").split(":")[0] for r in records)
         return records
 
-    extra = {"command": "filter", "filters": filters.model_dump(mode="json")}
-    markers = rewrite_output(args.in_uri, args.out_uri, transform, extra=extra)
+    derivation = {"command": "filter", "filters": filters.model_dump(mode="json")}
+    markers = rewrite_output(args.in_uri, args.out_uri, transform, derivation)
     total, kept = sum(outcomes.values()), outcomes.pop("kept", 0)
     print(f"wrote {len(markers)} shards to {args.out_uri}: {total} masklets, {kept} kept")
     for reason, count in sorted(outcomes.items()):
-        print(f"  {reason}: {count}")
+        print(f"  dropped as {reason}: {count} masklet{'s' if count != 1 else ''}")
     return EXIT_OK
 
 
@@ -86,13 +86,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         for row in read_table(args.in_uri, s, "masklets", columns=CANDIDATE_COLUMNS).to_pylist()
     ]
     selected = select(candidates, by=args.by, top_k=args.top_k, fraction=args.fraction, seed=args.seed)
-    extra = {"command": "sample", "by": args.by, "top_k": args.top_k, "fraction": args.fraction, "seed": args.seed}
+    derivation = {"command": "sample", "by": args.by, "top_k": args.top_k, "fraction": args.fraction, "seed": args.seed}
     markers = rewrite_output(
         args.in_uri,
         args.out_uri,
         lambda shard_id, records: mark_sampled(shard_id, records, selected),
+        derivation,
         shard_ids=shard_ids,
-        extra=extra,
     )
     kept = sum(c.kept for c in candidates)
     print(f"kept {len(selected)} of {kept} kept masklets (by {args.by}); wrote {len(markers)} shards to {args.out_uri}")

@@ -127,7 +127,8 @@ class ModelConfig(Section):
 
 
 class PipelineConfig(Section):
-    """What happens to one video; the automatic-mask defaults are those of SAM 2's generator."""
+    """What happens to one video; the automatic-mask settings are those of SAM 2's generator
+    (`SAM2AutomaticMaskGenerator`), under its names and with its defaults."""
 
     mode: Literal["auto", "prompted"] = "auto"
     points_per_side: int = Field(default=32, ge=1)
@@ -135,9 +136,15 @@ class PipelineConfig(Section):
     pred_iou_thresh: Fraction = 0.8
     stability_score_thresh: Fraction = 0.95
     stability_score_offset: float = Field(default=1.0, ge=0.0)
+    mask_threshold: float = Field(default=0.0, allow_inf_nan=False, description="mask logit threshold")
     box_nms_thresh: Fraction = 0.7
     crop_n_layers: int = Field(default=0, ge=0)
+    crop_nms_thresh: Fraction = 0.7
+    crop_overlap_ratio: float = Field(default=512 / 1500, ge=0.0, lt=1.0)
+    crop_n_points_downscale_factor: int = Field(default=1, ge=1)
     min_mask_region_area: int = Field(default=0, ge=0)
+    use_m2m: bool = Field(default=False, description="re-decode each candidate with its own mask as a prompt")
+    multimask_output: bool = True
     reseed_every: int | None = Field(default=None, ge=1, description="annotated frames between re-seeds")
     new_object_iou_thresh: Fraction = 0.3
     edit_iou_thresh: Fraction = 0.7

@@ -4,6 +4,8 @@ import fsspec
 import pytest
 
 from masklet.config import ConfigError, JobConfig, load_config, validate_config
+from masklet.pipelines.autolabel import automask_config
+from masklet.pipelines.automask import AutoMaskConfig
 
 DEMO = str(Path(__file__).parents[1] / "configs" / "demo.yaml")
 MINIMAL = {"source": {"uri": "in/"}, "output": {"uri": "out/"}, "model": {"init": "random"}}  # untrained, by name
@@ -136,3 +138,20 @@ def test_no_weights_is_refused_naming_how_to_get_them(monkeypatch: pytest.Monkey
         validate_config({**MINIMAL, "model": {"checkpoint": "sam2.1_hiera_l"}})
     with pytest.raises(ConfigError, match="masklet_demo has no official checkpoint"):
         validate_config({**MINIMAL, "model": {"name": "masklet_demo", "checkpoint": "official"}})
+
+
+def test_every_generator_setting_is_accepted_under_its_official_name() -> None:
+    """The six the official SAM2AutomaticMaskGenerator has besides the basics were refused as unknown keys."""
+    official = {
+        "use_m2m": True,
+        "multimask_output": False,
+        "crop_nms_thresh": 0.5,
+        "crop_overlap_ratio": 0.25,
+        "crop_n_points_downscale_factor": 2,
+        "mask_threshold": 0.5,
+        "crop_n_layers": 1,
+    }
+    config = validate_config({**MINIMAL, "pipeline": official})
+    generator = automask_config(config.pipeline)
+    assert {k: getattr(generator, k) for k in official} == official
+    assert automask_config(validate_config(MINIMAL).pipeline) == AutoMaskConfig()  # same defaults as the official

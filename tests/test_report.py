@@ -108,6 +108,10 @@ def test_bad_inputs_exit_2_naming_the_culprit(
     assert "--videos must be >= 0" in capsys.readouterr().err
     assert main(["show", root, BROKEN_KEY, "--out", str(tmp_path / "x.webp")]) == EXIT_USAGE
     assert f"video {BROKEN_KEY!r} has no animation: the video failed: {BROKEN_ERROR}" in capsys.readouterr().err
+    gif = tmp_path / "x.gif"
+    assert main(["show", root, BROKEN_KEY, "--out", str(gif)]) == EXIT_USAGE
+    assert f"--out {gif}: masklet show writes .html, .htm, .webp files only" in capsys.readouterr().err
+    assert not gif.exists()
 
 
 def test_report_of_an_s3_root_takes_frames_from_its_tar(s3_bucket: str, tmp_path: Path) -> None:

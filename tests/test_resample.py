@@ -203,7 +203,7 @@ def test_filter_fails_on_a_damaged_video_tar_naming_it(root, tmp_path, capsys):
 def test_rewrite_refuses_a_transform_that_changes_rows(root, tmp_path):
     path, _ = root
     with pytest.raises(ValueError, match="same masklets in the same order"):
-        rewrite_output(path, str(tmp_path / "out"), lambda shard_id, records: records[::-1])
+        rewrite_output(path, str(tmp_path / "out"), lambda shard_id, records: records[::-1], {"command": "test"})
 
 
 def candidate(
@@ -286,3 +286,29 @@ def test_filter_between_s3_prefixes(s3_bucket):
     expected = apply_filters(written["s-001"], FiltersConfig(min_stability_mean=0.93))
     assert [(m.kept, m.reject_reason) for m in shard.masklets] == [(m.kept, m.reject_reason) for m in expected]
     assert shard.marker["extra"]["derived_from"] == path
+
+
+def test_a_derived_output_says_where_it_came_from(root, tmp_path, capsys):
+    """A filter output keeps the source job's identity and timings; a report of it says what it shows."""
+    path, _ = root
+    source_job = {"config_hash": "h0", "model": "sam2.1_hiera_t", "checkpoint_sha256": "ab" * 32,
+                  "masklet_version": "0.1.0", "config": {"filters": {}}}
+    Path(path, "job.json").write_text(json.dumps(source_job))
+    out, again = str(tmp_path / "out"), str(tmp_path / "again")
+    assert main(["filter", path, out, "min_stability_mean=0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "dropped as duplicate_of: 1 masklet\n" in printed and "dropped as never_visible: 1 masklet\n" in printed
+    assert main(["sample", out, again, "--top-k", "1"]) == 0
+    capsys.readouterr()
+    job = json.loads(Path(again, "job.json").read_text())
+    assert {k: job[k] for k in source_job if k != "config"} == {k: v for k, v in source_job.items() if k != "config"}
+    assert [(s["command"], s["from"]) for s in job["derived"]] == [("filter", path), ("sample", out)]
+    assert job["config"]["filters"]["min_stability_mean"] == 0.5  # a later filter starts from these
+    for shard_id in ("s-000", "s-001"):
+        before = json.loads(Path(path, "_done", f"{shard_id}.json").read_text())
+        after = json.loads(Path(again, "_done", f"{shard_id}.json").read_text())
+        assert after["seconds"] == before["seconds"]  # the labelling run's throughput, not the rewrite's
+    assert main(["report", again, "--videos", "0"]) == 0
+    page = Path(capsys.readouterr().out.strip()).read_text()
+    assert "A derived output" in page and "<code>masklet sample</code>" in page and "sam2.1_hiera_t" in page
+    assert "Timings of the job that labelled these shards" in page

@@ -10,6 +10,7 @@ This module knows storage and the schema, not the filters: the caller brings the
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
@@ -19,9 +20,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from masklet.io import storage
+from masklet.io import layout, storage
+from masklet.io.layout import DONE_DIR, JOB_FILE, shard_files
 from masklet.io.schema import MaskletRecord, VideoRecord
-from masklet.io.sinks import ShardWriter, list_done, shard_files
+from masklet.io.sinks import ShardWriter, list_done
 from masklet.io.sources import TAR_STREAM_ERRORS, open_tar_stream
 from masklet.io.storage import RetryPolicy
 
@@ -94,34 +96,47 @@ def iter_video_members(
         raise OSError(f"{uri} is truncated or corrupt {where}: {exc}") from exc
 
 
+def derived_job(source: Mapping[str, Any] | None, in_root: str, derivation: Mapping[str, Any]) -> dict[str, Any]:
+    """The job.json of an output derived from `in_root`: the source's (model, checkpoint, config hash,
+    version: where the masks came from) with the derivation appended to `derived`, and the new
+    thresholds as its filters, so a report says what it shows and a later filter starts from them."""
+    job = dict(source or {})
+    job["derived"] = [*job.get("derived", []), {"from": in_root, "at": _now(), **derivation}]
+    if "filters" in derivation and isinstance(job.get("config"), dict):
+        job["config"] = {**job["config"], "filters": derivation["filters"]}
+    return job
+
+
 def rewrite_output(
     in_root: str,
     out_root: str,
     transform: Transform,
+    derivation: Mapping[str, Any],
     *,
     shard_ids: Sequence[str] | None = None,
-    extra: Mapping[str, Any] | None = None,
     retry: RetryPolicy | None = None,
 ) -> list[dict]:
     """Write committed shards of `in_root` to `out_root` with `transform(shard_id, masklets)`.
 
     The transform returns the same masklets in the same order with `kept` / `reject_reason`
     decided again. `shard_ids`: the shards to rewrite (default: every committed one, listed now).
-    Model, config hash and write_video carry over from each input marker; `extra` goes into each
-    new marker, with `derived_from`. Returns the new markers, by shard id.
+    Model, config hash, write_video and timings carry over from each input marker; `derivation`
+    (the command and its settings) goes into each new marker, with `derived_from`, and into the
+    new job.json (`derived_job`). Returns the new markers, by shard id.
     """
     if in_root.rstrip("/") == out_root.rstrip("/"):
         raise ValueError(f"the output root must differ from the input root (both {in_root!r})")
     io = {"retry": retry}
     shard_ids = sorted(list_done(in_root, **io) if shard_ids is None else shard_ids)
     if not shard_ids:
-        raise ValueError(f"{in_root!r} holds no committed shard (no {storage.join(in_root, '_done')}/*.json)")
+        raise ValueError(f"{in_root!r} holds no committed shard (no {storage.join(in_root, DONE_DIR)}/*.json)")
     storage.ensure_writable_dir(out_root, **io)
-    return [_rewrite_shard(in_root, out_root, s, transform, extra, io) for s in shard_ids]
+    layout.write_json(out_root, JOB_FILE, derived_job(layout.read_json(in_root, JOB_FILE), in_root, derivation))
+    return [_rewrite_shard(in_root, out_root, s, transform, derivation, io) for s in shard_ids]
 
 
 def _rewrite_shard(
-    in_root: str, out_root: str, shard_id: str, transform: Transform, extra: Mapping[str, Any] | None, io: dict
+    in_root: str, out_root: str, shard_id: str, transform: Transform, derivation: Mapping[str, Any], io: dict
 ) -> dict:
     shard = read_shard(in_root, shard_id, **io)
     masklets = transform(shard_id, shard.masklets)
@@ -146,4 +161,8 @@ def _rewrite_shard(
                 if key != video.video_key:
                     raise ValueError(f"shard {shard_id}: the tar has {key!r} where video {video.video_key!r} was due")
             writer.add_video(video, by_video.get(video.video_key, []), video_bytes=video_bytes, video_ext=ext)
-        return writer.commit(extra={**dict(extra or {}), "derived_from": in_root})
+        return writer.commit(extra={**derivation, "derived_from": in_root}, seconds=marker.get("seconds"))
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from masklet import __version__
 from masklet.io import sav, storage
+from masklet.io.layout import DONE_DIR, SHARD_ID, check_shard_id, shard_files
 from masklet.io.schema import (
     SCHEMA_VERSION,
     MaskletRecord,
@@ -37,27 +38,7 @@ from masklet.io.schema import (
 )
 from masklet.io.storage import RetryPolicy, StagedFile, StorageError
 
-DONE_DIR = "_done"
-# Hidden names ('.', '_') are skipped by pyarrow.dataset, so a shard id may not start with one.
-_SHARD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _VIDEO_EXT = re.compile(r"[a-z0-9]{1,5}")
-
-
-def check_shard_id(shard_id: str) -> str:
-    if not _SHARD_ID.fullmatch(shard_id):
-        raise ValueError(f"shard id {shard_id!r} must match {_SHARD_ID.pattern} (it names files)")
-    return shard_id
-
-
-def shard_files(shard_id: str) -> dict[str, str]:
-    """The paths of a shard's files relative to the output root, marker included."""
-    check_shard_id(shard_id)
-    return {
-        "masklets": f"masklets/{shard_id}.parquet",
-        "videos": f"videos/{shard_id}.parquet",
-        "wds": f"wds/{shard_id}.tar",
-        "done": f"{DONE_DIR}/{shard_id}.json",
-    }
 
 
 def sav_annotation(video: VideoRecord, masklets: Sequence[MaskletRecord]) -> dict:
@@ -164,8 +145,12 @@ class ShardWriter:
         self._videos.append(video)
         self._masklets.extend(masklets)
 
-    def commit(self, extra: Mapping[str, Any] | None = None) -> dict:
-        """Publish the shard's files, then its marker; return the marker (with `extra` under "extra")."""
+    def commit(self, extra: Mapping[str, Any] | None = None, seconds: Mapping[str, float] | None = None) -> dict:
+        """Publish the shard's files, then its marker; return the marker (with `extra` under "extra").
+
+        `seconds`: timings to record instead of this writer's own; a derived shard (`masklet filter`,
+        `sample`) keeps those of the run that labelled it, as its throughput is that run's.
+        """
         self._check_open()
         t0 = time.perf_counter()
         try:
@@ -182,6 +167,8 @@ class ShardWriter:
             }
             self._tar_stage.publish()
             marker = self._marker(sizes, write_seconds=time.perf_counter() - t0, extra=extra)
+            if seconds is not None:
+                marker["seconds"] = dict(seconds)
             storage.write_bytes(self._uri("done"), json.dumps(marker, indent=1).encode(), **self._io)
         except BaseException:
             self.abort()
@@ -299,7 +286,7 @@ def list_done(output_uri: str, *, retry: RetryPolicy | None = None) -> set[str]:
             return set()  # nothing committed yet
         raise
     bases = (posixpath.basename(str(n).rstrip("/")) for n in names)
-    return {b[: -len(".json")] for b in bases if b.endswith(".json") and _SHARD_ID.fullmatch(b[: -len(".json")])}
+    return {b[: -len(".json")] for b in bases if b.endswith(".json") and SHARD_ID.fullmatch(b[: -len(".json")])}
 
 
 def _missing_bucket(exc: BaseException) -> bool:

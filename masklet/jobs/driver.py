@@ -23,12 +23,13 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from masklet.config import JobConfig
 from masklet.io import storage
 from masklet.io.checkpoint_files import fetch
+from masklet.io.layout import JOB_FILE, PROGRESS_FILE
 from masklet.io.sinks import list_done
 from masklet.io.sources import Shard, list_shards
 from masklet.jobs.cluster import Cluster, Layout, connect, plan_layout
-from masklet.jobs.manifest import JOB_FILE, JobRecord, claim_output
+from masklet.jobs.manifest import JobRecord, claim_output
 from masklet.jobs.pipeline_registry import factory_path, load_factory
-from masklet.jobs.progress import PROGRESS_FILE, FailedShard, Progress
+from masklet.jobs.progress import FailedShard, Progress
 from masklet.jobs.worker import ShardWorker
 
 POLL_SECONDS = 1.0

@@ -7,15 +7,13 @@ left out. The same hash is written in every row (`config_hash`) and in every `_d
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from masklet import __version__
 from masklet.config import PLACEMENT, JobConfig
-from masklet.io import storage
-
-JOB_FILE = "job.json"
+from masklet.io import layout
+from masklet.io.layout import JOB_FILE
 
 
 class JobConflict(ValueError):
@@ -66,18 +64,10 @@ class JobRecord:
 
 
 def read_job(output_uri: str) -> dict[str, Any] | None:
-    uri = storage.join(output_uri, JOB_FILE)
-    fs, path = storage.url_to_fs(uri)
     try:
-        data = storage.call("read", uri, fs.cat_file, path)
-    except storage.StorageError as exc:
-        if isinstance(exc.__cause__, FileNotFoundError):
-            return None
-        raise
-    try:
-        return json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise JobConflict(f"{uri} is not valid JSON ({exc}); move it away if this root is yours") from exc
+        return layout.read_json(output_uri, JOB_FILE)
+    except ValueError as exc:
+        raise JobConflict(f"{exc}; move it away if this root is yours") from exc
 
 
 def claim_output(output_uri: str, record: JobRecord, *, force: bool) -> str:
@@ -95,7 +85,7 @@ def claim_output(output_uri: str, record: JobRecord, *, force: bool) -> str:
             raise JobConflict(_conflict_message(output_uri, existing, record))
         past = {k: existing.get(k) for k in ("config_hash", "model", "checkpoint_sha256", "created_at")}
         record = JobRecord(**{**record.__dict__, "history": (*existing.get("history", ()), past)})
-    storage.write_bytes(storage.join(output_uri, JOB_FILE), json.dumps(record.to_json(), indent=1).encode())
+    layout.write_json(output_uri, JOB_FILE, record.to_json())
     return "new" if existing is None else "forced"
 
 

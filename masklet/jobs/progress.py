@@ -9,19 +9,18 @@ write it is logged and never stops the job.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from masklet.io import storage
+from masklet.io import layout, storage
+from masklet.io.layout import PROGRESS_FILE
 from masklet.jobs.worker import ShardResult
 
 log = logging.getLogger(__name__)
 
-PROGRESS_FILE = "progress.json"
 MAX_LISTED_VIDEOS = 1000  # failed videos listed in progress.json; all of them are in videos/*.parquet
 COUNTS = ("videos", "videos_error", "frames", "masklets", "masklets_kept")
 
@@ -169,11 +168,10 @@ class Progress:
         }
 
     def save(self, state: str) -> None:
-        uri = storage.join(self.output_uri, PROGRESS_FILE)
         try:
-            storage.write_bytes(uri, json.dumps(self.snapshot(state), indent=1).encode())
+            layout.write_json(self.output_uri, PROGRESS_FILE, self.snapshot(state))
         except OSError as exc:
-            log.warning("could not update %s: %s", uri, exc)
+            log.warning("could not update %s: %s", storage.join(self.output_uri, PROGRESS_FILE), exc)
 
 
 def _clock(seconds: float) -> str:

@@ -31,6 +31,7 @@ generator on its own resizes bilinear on floats, as the official image predictor
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -242,16 +243,8 @@ class AutoLabeler:
 
 
 def automask_config(config: PipelineConfig) -> AutoMaskConfig:
-    return AutoMaskConfig(
-        points_per_side=config.points_per_side,
-        points_per_batch=config.points_per_batch,
-        pred_iou_thresh=config.pred_iou_thresh,
-        stability_score_thresh=config.stability_score_thresh,
-        stability_score_offset=config.stability_score_offset,
-        box_nms_thresh=config.box_nms_thresh,
-        crop_n_layers=config.crop_n_layers,
-        min_mask_region_area=config.min_mask_region_area,
-    )
+    """The generator's settings: the pipeline section's fields of the same (official) names."""
+    return AutoMaskConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(AutoMaskConfig)})
 
 
 def build_pipeline(

@@ -19,6 +19,7 @@ from masklet.report.overlays import Overlay, color, render
 
 DEFAULT_VIDEOS = 8
 REPORT_FILE = "report.html"
+SHOW_EXTENSIONS = (".html", ".htm", ".webp")
 MAX_LISTED_ERRORS = 1000
 
 
@@ -38,6 +39,7 @@ def write_report(root: str, out: str | None = None, *, videos: int = DEFAULT_VID
         f"<h1>masklet report</h1><p class=muted>{esc(root)} &middot; generated {esc(_now())} by masklet "
         f"{esc(__version__)}</p>",
         _random_weights_warning(summary),
+        _derivation_note(summary),
         _summary_section(summary),
         _funnel_section(summary),
         _histogram_section(summary),
@@ -54,6 +56,8 @@ def write_report(root: str, out: str | None = None, *, videos: int = DEFAULT_VID
 
 def write_show(root: str, key: str, out: str | None = None) -> str:
     """One video's overlay: an HTML page, or only the animation when `out` ends in .webp."""
+    if out is not None and not out.lower().endswith(SHOW_EXTENSIONS):
+        raise ValueError(f"--out {out}: masklet show writes {', '.join(SHOW_EXTENSIONS)} files only")
     summary = load_output(root)
     (video_key,) = choose_videos(summary, 0, [key])
     out = out or default_out(root, f"show-{video_key}.html")
@@ -97,6 +101,24 @@ def _random_weights_warning(summary: OutputSummary) -> str:
     )
 
 
+def _derivation_note(summary: OutputSummary) -> str:
+    """What a `masklet filter` / `sample` output was made from, step by step."""
+    steps = (summary.job or {}).get("derived") or []
+    if not steps:
+        return ""
+    items = []
+    for step in steps:
+        settings = {k: v for k, v in step.items() if k not in ("command", "from", "at") and v is not None}
+        items.append(
+            f"<li><code>masklet {esc(step.get('command'))}</code> of {esc(step.get('from'))} at {esc(step.get('at'))}"
+            f": {esc(json.dumps(settings, sort_keys=True))}</li>"
+        )
+    return (
+        "<p><strong>A derived output.</strong> Its masks are those of the job below; only which masklets are kept "
+        f"was decided again, by:</p><ol>{''.join(items)}</ol>"
+    )
+
+
 def _summary_section(summary: OutputSummary) -> str:
     job = summary.job or {}
     progress = summary.progress or {}
@@ -107,7 +129,7 @@ def _summary_section(summary: OutputSummary) -> str:
         ("config hash", job.get("config_hash")),
         ("masklet version", job.get("masklet_version")),
         ("job created", job.get("created_at")),
-        ("last run", f"{progress.get('state', '?')} at {progress.get('updated_at', '?')}" if progress else None),
+        ("last run", _last_run(progress) if progress else None),
     ]
     totals = stats.totals(summary.videos, summary.markers)
     counts = [(name.replace("_", " "), value) for name, value in totals.items()]
@@ -119,6 +141,12 @@ def _summary_section(summary: OutputSummary) -> str:
         + table(["", ""], counts, numeric=[1])
         + f"<details><summary>config</summary><pre>{esc(config)}</pre></details>"
     )
+
+
+def _last_run(progress: dict) -> str:
+    """The last run's state and its own wall time (the shards' summed seconds overlap when workers run together)."""
+    took = f" after {progress['elapsed_seconds']:.1f} s" if "elapsed_seconds" in progress else ""
+    return f"{progress.get('state', '?')} at {progress.get('updated_at', '?')}{took}"
 
 
 def _funnel_section(summary: OutputSummary) -> str:
@@ -158,8 +186,14 @@ def _throughput_section(summary: OutputSummary) -> str:
         for r in rows
     ]
     headers = ["shard", "videos", "errors", "frames", "masklets", "kept", "wall s", "model s", "frames/s"]
+    derived = (
+        "<p class=muted>Timings of the job that labelled these shards.</p>"
+        if summary.job and summary.job.get("derived")
+        else ""
+    )
     return (
         "<h2>Throughput</h2>"
+        + derived
         + image(plots.throughput_png(rows), "image/png", "throughput per shard")
         + table(headers, listed, numeric=range(1, 9))
     )
@@ -200,7 +234,8 @@ def _overlays(summary: OutputSummary, keys: Sequence[str]) -> dict[str, Overlay 
 
 def _video_sections(summary: OutputSummary, keys: Sequence[str]) -> list[str]:
     rows = {r["video_key"]: r for r in summary.videos.to_pylist()}
-    masklets = summary.masklets.filter(pc.is_in(summary.masklets.column("video_key"), pa.array(list(keys))))
+    keys_array = pa.array(list(keys), type=pa.string())  # typed: `--videos 0` asks for no video at all
+    masklets = summary.masklets.filter(pc.is_in(summary.masklets.column("video_key"), keys_array))
     by_video: dict[str, list[dict]] = {}
     for m in masklets.to_pylist():
         by_video.setdefault(m["video_key"], []).append(m)

@@ -6,16 +6,15 @@ so a report of a large job stays cheap; the RLE of a video is read only when it 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from masklet.io import storage
+from masklet.io import layout
+from masklet.io.layout import JOB_FILE, PROGRESS_FILE
 from masklet.io.outputs import read_marker, read_table
 from masklet.io.schema import MASKLETS_SCHEMA, VIDEOS_SCHEMA
 from masklet.io.sinks import list_done
-from masklet.jobs.manifest import read_job
 
 MASKLET_COLUMNS = (
     "video_key",
@@ -44,7 +43,6 @@ VIDEO_COLUMNS = (
     "num_masklets",
     "num_kept",
 )
-PROGRESS_FILE = "progress.json"  # masklet.jobs.progress.PROGRESS_FILE, whose module imports the worker and torch
 
 
 @dataclass
@@ -65,7 +63,7 @@ class OutputSummary:
 
 def load_output(root: str) -> OutputSummary:
     """Everything but the masks; ValueError if `root` holds neither a job.json nor a committed shard."""
-    job = read_job(root)
+    job = layout.read_json(root, JOB_FILE)
     shard_ids = sorted(list_done(root))
     if job is None and not shard_ids:
         raise ValueError(f"{root!r} is not a masklet output: it has no job.json and no committed shard (_done/*.json)")
@@ -74,7 +72,7 @@ def load_output(root: str) -> OutputSummary:
     return OutputSummary(
         root=root,
         job=job,
-        progress=_read_progress(root),
+        progress=layout.read_json(root, PROGRESS_FILE),  # none in a filter / sample output
         markers={s: read_marker(root, s) for s in shard_ids},
         masklets=_concat(masklets, MASKLETS_SCHEMA, MASKLET_COLUMNS),
         videos=_concat(videos, VIDEOS_SCHEMA, VIDEO_COLUMNS),
@@ -85,15 +83,3 @@ def _concat(tables: list[pa.Table], schema: pa.Schema, columns: tuple[str, ...])
     if not tables:
         return pa.schema([schema.field(c) for c in columns]).empty_table()
     return pa.concat_tables(tables)
-
-
-def _read_progress(root: str) -> dict | None:
-    """progress.json, or None: a root written by `masklet filter` / `sample` or a test has none."""
-    uri = storage.join(root, PROGRESS_FILE)
-    fs, path = storage.url_to_fs(uri)
-    try:
-        return json.loads(storage.call("read", uri, fs.cat_file, path))
-    except storage.StorageError as exc:
-        if isinstance(exc.__cause__, FileNotFoundError):
-            return None
-        raise

@@ -104,5 +104,5 @@ def totals(videos: pa.Table, markers: dict[str, dict]) -> dict[str, int | float]
         "frames": sum(r.frames for r in rows),
         "masklets": sum(r.masklets for r in rows),
         "masklets_kept": sum(r.kept for r in rows),
-        "wall_seconds": round(sum(r.wall_seconds for r in rows), 3),
+        "shard_seconds_summed": round(sum(r.wall_seconds for r in rows), 3),  # workers overlap: not the job's time
     }
