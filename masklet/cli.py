@@ -195,6 +195,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     submission = submit.build_submission(
         _job_config(args), working_dir=args.working_dir, pip=args.pip, env=args.env, force=args.force
     )
+    for warning in submission.warnings:
+        print(f"masklet submit: warning: {warning}", file=sys.stderr)
     if args.dry_run:
         print(f"entrypoint: {submission.entrypoint}")
         print(f"runtime_env: {json.dumps(submission.runtime_env, sort_keys=True)}")

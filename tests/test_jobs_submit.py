@@ -141,3 +141,19 @@ def test_submit_runs_the_job_on_the_cluster(
     while main(["status", slow]) == 0 and not capsys.readouterr().out.startswith("STOPPED"):
         assert time.monotonic() < deadline
         time.sleep(0.5)
+
+
+def test_submit_refuses_relative_local_paths_and_warns_of_local_ones(
+    job: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, workdir, _ = job
+    monkeypatch.chdir(tmp_path)
+    assert main(["submit", str(config), "output.uri=rel/out", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "output.uri 'rel/out' is a relative local path: the cluster would read it from the job's working" in err
+    assert main(["submit", str(config), "output.uri=rel/out", "--working-dir", str(workdir), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: output.uri 'rel/out' is a local path: it must exist inside the --working-dir" in err
+    assert main(["submit", str(config), "output.uri=s3://bucket/out", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "output.uri" not in err and "warning: source.uri" in err and "must exist on every node" in err

@@ -141,8 +141,20 @@ def test_listing_refuses_ambiguous_or_empty_sources(tmp_path: Path) -> None:
         (tmp_path / folder / "shard-000000.tar").touch()
     with pytest.raises(ValueError, match="both give shard id 'shard-000000'"):
         list_shards(config(f"{tmp_path}/*/shard-*.tar"))
-    with pytest.raises(ValueError, match="no .tar files match"):
+    with pytest.raises(ValueError, match="no .tar files match") as err:
         list_shards(config(f"{tmp_path}/nothing-*.tar"))
+    assert "relative" not in str(err.value)
+
+
+def test_a_relative_source_says_where_it_was_looked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative source.uri in a config file is read from the working directory: the error says so."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as err:
+        list_shards(config("demo-output/corpus/shard-*.tar"))
+    assert str(err.value) == (
+        "no .tar files match 'demo-output/corpus/shard-*.tar' (a relative path: read from the working directory "
+        f"{tmp_path}, not from the config file's folder)"
+    )
 
 
 def test_a_missing_shard_fails_naming_it(tmp_path: Path, s3_bucket: str) -> None:

@@ -57,7 +57,7 @@ import pyarrow.parquet as pq
 from braceexpand import braceexpand
 
 from masklet.config import SourceConfig
-from masklet.io.storage import is_local, url_to_fs
+from masklet.io.storage import is_local, url_to_fs, where_relative
 from masklet.io.video import FrameFiles, VideoDecodeError, VideoStream, open_video
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi")
@@ -189,7 +189,7 @@ def _expand(pattern: str, *extensions: str) -> list[str]:
         uris.extend(_to_uri(fs, found) for found in sorted({p for g in globs for p in fs.glob(g)}))
     if not uris:
         kinds = ", ".join(f".{ext}" for ext in extensions)
-        raise ValueError(f"no {kinds} files match {pattern!r}")
+        raise ValueError(f"no {kinds} files match {pattern!r}{where_relative(pattern)}")
     return list(dict.fromkeys(uris))
 
 
@@ -255,7 +255,7 @@ def _manifest_row(row: int, record: dict[str, Any] | str, base: str) -> Manifest
 def _frame_shards(root: str, per_shard: int) -> list[Shard]:
     fs, path = url_to_fs(root)
     if not fs.isdir(path):
-        raise ValueError(f"frames root {root!r} is not a directory")
+        raise ValueError(f"frames root {root!r} is not a directory{where_relative(root)}")
     folders = sorted(_to_uri(fs, e["name"]) for e in fs.ls(path, detail=True) if e["type"] == "directory")
     if not folders:
         raise ValueError(f"no video folders under {root!r} (expected ROOT/{{video}}/{{frame:05d}}.jpg)")

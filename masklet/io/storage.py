@@ -199,6 +199,18 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
+def is_relative_path(uri: str) -> bool:
+    """A local path that depends on the working directory (not on the config file that names it)."""
+    return "://" not in uri and not os.path.isabs(uri)
+
+
+def where_relative(uri: str) -> str:
+    """For an error about `uri`: where a relative path was looked for, as a clause; '' otherwise."""
+    if not is_relative_path(uri):
+        return ""
+    return f" (a relative path: read from the working directory {os.getcwd()}, not from the config file's folder)"
+
+
 def ensure_writable_dir(uri: str, *, retry: RetryPolicy | None = None) -> None:
     """Check that a job can write under `uri` before it does any work.
 

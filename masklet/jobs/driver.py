@@ -10,6 +10,7 @@ failed while the job goes on.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import uuid
@@ -318,10 +319,16 @@ def _print_plan(plan: JobPlan, out: TextIO) -> None:
     else:
         weights = f"checkpoint {model.weights} (sha256 {str(plan.record.checkpoint_sha256)[:12]})"
     print(f"masklet run: job {plan.record.config_hash[:12]} ({claim[plan.claim]})", file=out)
-    print(f"  input:    {len(plan.shards)} shard(s) ({config.source.format}) at {config.source.uri}", file=out)
-    print(f"  output:   {config.output.uri}: {len(plan.done)} shard(s) already done, {len(plan.todo)} to run", file=out)
+    source, output = _shown(config.source.uri), _shown(config.output.uri)
+    print(f"  input:    {len(plan.shards)} shard(s) ({config.source.format}) at {source}", file=out)
+    print(f"  output:   {output}: {len(plan.done)} shard(s) already done, {len(plan.todo)} to run", file=out)
     print(f"  model:    {model.name}, {weights}", file=out)
     print(f"  pipeline: {config.pipeline.mode} ({plan.factory})", file=out)
+
+
+def _shown(uri: str) -> str:
+    """A URI as the plan shows it: a relative path with the directory it is relative to."""
+    return f"{uri} (in {os.getcwd()})" if storage.is_relative_path(uri) else uri
 
 
 def _print_cluster(cluster: Cluster, layout: Layout, out: TextIO) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from masklet.config import ConfigError, JobConfig
+from masklet.io import storage
 
 ADDRESS_ENV = "RAY_ADDRESS"
 
@@ -32,6 +33,30 @@ class JobsApiError(ValueError):
 class Submission:
     entrypoint: str
     runtime_env: dict[str, Any]
+    warnings: tuple[str, ...] = ()
+
+
+def _local_paths(config: JobConfig, working_dir: str | None) -> list[str]:
+    """Warnings for local paths a cluster may not see; a relative one without a working_dir is refused,
+    as the cluster would resolve it against a directory that is not the submitter's."""
+    named = [
+        ("source.uri", config.source.uri),
+        ("output.uri", config.output.uri),
+        ("model.checkpoint", config.model.checkpoint),
+    ]
+    warnings = []
+    for key, uri in named:
+        if uri is None or "://" in uri and not uri.startswith("file://"):
+            continue
+        if storage.is_relative_path(uri) and not working_dir:
+            raise ConfigError(
+                f"{key} {uri!r} is a relative local path: the cluster would read it from the job's working "
+                "directory, not from here. Use a URI every node reaches (s3://...), an absolute path on a "
+                "filesystem every node mounts, or ship the folder with --working-dir"
+            )
+        where = "inside the --working-dir shipped with the job" if storage.is_relative_path(uri) else "on every node"
+        warnings.append(f"{key} {uri!r} is a local path: it must exist {where}")
+    return warnings
 
 
 def build_submission(
@@ -58,7 +83,7 @@ def build_submission(
     job.ray.runtime_env = {}
     text = json.dumps(job.model_dump(mode="json"), separators=(",", ":"), sort_keys=True)
     entrypoint = f"masklet run --config-json {shlex.quote(text)}" + (" --force" if force else "")
-    return Submission(entrypoint, runtime_env)
+    return Submission(entrypoint, runtime_env, tuple(_local_paths(config, working_dir)))
 
 
 def resolve_address(address: str | None) -> str:
