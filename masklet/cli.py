@@ -7,6 +7,7 @@ found before any work started.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from collections.abc import Sequence
@@ -175,9 +176,10 @@ def _job_config(args: argparse.Namespace) -> JobConfig:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from masklet.jobs.cluster import keep_on_loopback
+    from masklet.jobs.cluster import keep_on_loopback, plain_logs
 
     config = _job_config(args)
+    plain_logs()
     if config.ray.address is None:
         keep_on_loopback()  # before Ray is imported: an embedded Ray listens on 127.0.0.1 only
     from masklet.jobs.driver import run_job
@@ -401,8 +403,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _suggest_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Exit 2 with a "did you mean" for a misspelt command, before argparse lists all of them."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    word = next((a for a in argv if not a.startswith("-")), None)
+    if word is not None and word not in commands:
+        close = difflib.get_close_matches(word, list(commands), n=1)
+        if close:
+            parser.error(f"unknown command {word!r} (did you mean {close[0]!r}?)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _suggest_command(parser, argv)
+    args = parser.parse_args(argv)
     try:
         return args.run(args)
     except (ConfigError, ValueError, OSError) as exc:

@@ -72,3 +72,13 @@ def test_synth_writes_shards_to_s3(s3_bucket: str, tmp_path: Path) -> None:
     samples = list(wds.WebDataset(str(local), shardshuffle=False))
     assert [s["__key__"] for s in samples] == ["synth-000002"]
     assert {"mp4", "json", "gt.json"} <= samples[0].keys()
+
+
+def test_a_misspelt_command_gets_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["rnu", "configs/demo.yaml"])
+    assert exit_info.value.code == 2
+    assert "unknown command 'rnu' (did you mean 'run'?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["zzzz"])
+    assert "did you mean" not in capsys.readouterr().err

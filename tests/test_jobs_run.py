@@ -226,6 +226,8 @@ def test_driver_killed_mid_job_then_rerun_equals_an_uninterrupted_run(
         driver.wait()
         log = driver.stdout.read().decode()
         assert driver.returncode == -signal.SIGKILL, log
+        # the log holds what a user can act on: no colour codes off a terminal, no warning on every run
+        assert "\x1b[" not in log and "Token authentication" not in log, log
 
         # every Ray process of the driver listened on loopback only (dashboard included)
         assert listening and all(a.startswith("127.0.0.1:") for a in listening), listening

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -238,3 +240,17 @@ def test_memory_is_bounded_by_the_prefetch_depth_not_the_video_length(long_video
     # holding every frame would take 640 frames (147 MB); the queue, the frame being decoded,
     # the one the consumer holds and the compressed video stay under depth + 8 frames
     assert peak < (depth + 8) * frame_bytes, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_a_bad_video_leaves_nothing_on_stderr(tmp_path: Path) -> None:
+    """Its error row says what is wrong. Left alone, decord's C++ logger printed the whole file (its "name"
+    when opened from memory) and ffmpeg its own lines ("moov atom not found")."""
+    (tmp_path / "junk.mp4").write_bytes(bytes(range(256)) * 20)
+    script = (
+        "from masklet.io.video import open_video\n"
+        f"try:\n    open_video(open({str(tmp_path / 'junk.mp4')!r}, 'rb').read(), key='junk')\n"
+        "except ValueError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "video 'junk'" in done.stdout
+    assert done.stderr == "", done.stderr[:300]

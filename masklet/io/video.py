@@ -27,10 +27,14 @@ A truncated Matroska/WebM file, which has no frame count up front, ends early wi
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import logging
 import math
+import os
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -43,6 +47,30 @@ import numpy as np
 from masklet.io.prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
+# ffmpeg's own lines ("moov atom not found") would repeat, unasked, what a video's error row says
+decord.logging.set_level(decord.logging.QUIET)
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Process-wide stderr to /dev/null while decord opens a container from memory.
+
+    On an open error decord's C++ logger prints the file name, which for bytes is the whole video: a
+    corrupt 1 GB upload would become 1 GB of binary in the job's log. The reason reaches the video's
+    error row through the exception; what other threads write to stderr in these milliseconds is lost.
+    """
+    with _STDERR_LOCK:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 FRAME_FOLDER_FPS = 24.0  # SA-V's JPEGImages_24fps and DAVIS are 24 fps; the files do not say so
 TRUNCATION_TOLERANCE = 2  # frames a decoder may drop without a truncated file (MP4 edit lists)
@@ -105,7 +133,8 @@ class _Decord(_Decoder):
     backend = "decord"
 
     def __init__(self, data: bytes) -> None:
-        self._reader = decord.VideoReader(io.BytesIO(data))
+        with _stderr_silenced():
+            self._reader = decord.VideoReader(io.BytesIO(data))
         self._first: np.ndarray | None = self._reader.next().asnumpy()
         self.frame_count = len(self._reader)
         self.fps = float(self._reader.get_avg_fps()) or None

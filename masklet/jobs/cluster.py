@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+COLOR_PREFIX_ENV = "RAY_COLOR_PREFIX"
 
 
 class ClusterError(ValueError):
@@ -31,8 +34,17 @@ def keep_on_loopback() -> None:
     """Make an embedded Ray listen on 127.0.0.1 only; effective when Ray is not imported yet.
 
     Only for an embedded Ray: a driver that joins a multi-node cluster must advertise its real address.
+    Token authentication, Ray's default for a local cluster, is asked for by name unless the user chose:
+    the same protection, without the warning Ray prints on every run when the choice is left to it.
     """
     os.environ[LOOPBACK_ENV] = "0"
+    os.environ.setdefault(AUTH_MODE_ENV, "token")
+
+
+def plain_logs() -> None:
+    """Worker log lines without colour codes where they go to a file or a log collector, not a terminal."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault(COLOR_PREFIX_ENV, "0")
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,7 @@ def connect(config: RayConfig) -> Iterator[Cluster]:
             _node_ip_address=LOOPBACK,
             include_dashboard=config.dashboard,
             dashboard_host=LOOPBACK,
+            logging_level=logging.WARNING,  # its start-up banner repeats what the plan printed
         )
         if ray.util.get_node_ip_address() != LOOPBACK:
             log.warning(
