@@ -10,7 +10,8 @@ decoding, encoding and I/O hide behind compute. With `--repeats N` the two alter
 fresh output root per job) and the best frames/s of each is compared: on a shared machine one run
 of each can differ by 10%.
 
-    python benchmarks/job_vs_model.py --videos 8 --frames 48 --size 320x240 pipeline.points_per_side=8
+    python benchmarks/job_vs_model.py --videos 8 --frames 48 --size 320x240 --random-weights pipeline.points_per_side=8
+    python benchmarks/job_vs_model.py --model masklet_demo --repeats 3   # the shipped weights
     PYTHONPATH=tests python benchmarks/job_vs_model.py --pipeline jobs_plugins:ground_truth  # the harness only
 """
 
@@ -56,7 +57,11 @@ def run_job(args: argparse.Namespace, root: Path, out: str) -> tuple[int, float,
     """The job's (frames, shard wall seconds) into `root / out`, and its config file."""
     config = {
         "source": {"uri": str(root / "corpus"), "fps": args.fps},
-        "model": {"name": args.model, "image_size": args.image_size},
+        "model": {
+            "name": args.model,
+            "image_size": args.image_size,
+            **({"init": "random"} if args.random_weights else {}),
+        },
         "output": {"uri": str(root / out)},
         "ray": {"dashboard": False},
         "workers": {"count": 1, "num_cpus": args.cpus, "pipeline": args.pipeline},
@@ -74,13 +79,13 @@ def run_job(args: argparse.Namespace, root: Path, out: str) -> tuple[int, float,
 
 def pipeline_alone(config_path: Path, overrides: list[str], cpus: float) -> tuple[int, float]:
     """(frames, seconds) of the same pipeline on frames decoded before the clock starts."""
-    from masklet.jobs.worker import load_model
     from masklet.model.device import resolve_device
+    from masklet.pipelines.model_loading import load_model
 
     config = load_config(str(config_path), overrides)
     device = resolve_device(config.model.device)
     torch.set_num_threads(max(1, int(cpus)))
-    pipeline = load_factory(factory_path(config))(config, load_model(config, device, None), device)
+    pipeline = load_factory(factory_path(config))(config, load_model(config.model, device), device)
     frames = seconds = 0
     for shard in list_shards(config.source):
         for video in iter_videos(shard):
@@ -111,6 +116,9 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=None, help="annotation fps (default: every frame)")
     parser.add_argument("--model", default="sam2.1_hiera_t")
     parser.add_argument("--image-size", type=int, default=None, help="model input size (default: the preset's)")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="untrained seeded weights (model.init=random): timing only"
+    )
     parser.add_argument("--cpus", type=float, default=1.0, help="CPUs of the worker (and torch threads)")
     parser.add_argument("--pipeline", default=None, help="plug-in factory module:function (default: built-in)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each, alternating (best frames/s kept)")

@@ -82,3 +82,18 @@ def test_a_misspelt_command_gets_a_suggestion(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit):
         main(["zzzz"])
     assert "did you mean" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "submit", "eval", "train"])
+def test_an_official_preset_without_weights_exits_2_before_any_work(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Labels (or a fine-tune) from untrained weights would be noise: refused unless model.init=random."""
+    inputs, key = ("data", "model.init_checkpoint") if command == "train" else ("source", "model.checkpoint")
+    text = f"{inputs}: {{uri: {tmp_path}/in/*.tar}}\nmodel: {{name: sam2.1_hiera_s}}\noutput: {{uri: {tmp_path}/out}}\n"
+    (tmp_path / "c.yaml").write_text(text)
+    extra = ["--dry-run", "--address", "http://127.0.0.1:9"] if command == "submit" else []
+    assert main([command, str(tmp_path / "c.yaml"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"sam2.1_hiera_s has no weights: set {key} to 'official'" in err and "init=random" in err
+    assert not (tmp_path / "out").exists()
