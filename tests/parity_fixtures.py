@@ -1,9 +1,15 @@
-"""The parity fixtures of tests/fixtures/parity (made by tests/parity/make_fixtures.py) as our specs."""
+"""The parity fixtures of tests/fixtures/parity (made by tests/parity/make_fixtures.py): our specs for
+them, and how to read what the script stores compressed."""
 
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
 
 from masklet.model import ModelSpec
 
@@ -39,3 +45,9 @@ def spec_from_fixture(flag_set: str) -> ModelSpec:
         proj_tpos_enc_in_obj_ptrs=m["proj_tpos_enc_in_obj_ptrs"],
         use_signed_tpos_enc_to_obj_ptrs=m["use_signed_tpos_enc_to_obj_ptrs"],
     )
+
+
+def inflate(packed: dict[str, Any]) -> Tensor:
+    """A float32 tensor the fixture script stored zlib-compressed ({"zlib": uint8 bytes, "shape"})."""
+    data = bytearray(zlib.decompress(bytes(packed["zlib"].numpy())))
+    return torch.frombuffer(data, dtype=torch.float32).reshape(packed["shape"])

@@ -34,8 +34,11 @@ OBJ_SCORE_BIAS_SHIFT = 7.5
 
 
 def tiny_model(apply_postprocessing: bool = True, seed: int = 0) -> SAM2Model:
-    """`TINY` with unit-variance random weights (LayerNorms near 1, biases near 0)."""
-    model = build_model(TINY, apply_postprocessing=apply_postprocessing)
+    """`TINY` with unit-variance random weights (LayerNorms near 1, biases near 0), the same whatever ran
+    before: buffers drawn at build time (the prompt encoder's random Fourier matrix) are seeded too."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model(TINY, apply_postprocessing=apply_postprocessing)
     gen = torch.Generator().manual_seed(seed)
     norms = {id(m.weight) for m in model.modules() if isinstance(m, (nn.LayerNorm, LayerNorm2d))}
     with torch.no_grad():
