@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -162,6 +163,102 @@ def test_batch_equals_single(n: int, h: int, w: int, seed: int) -> None:
         assert [r["counts"] for r in batch] == [r["counts"].decode("ascii") for r in theirs]
         np.testing.assert_array_equal(rle.decode_batch(batch), masks)
         np.testing.assert_array_equal(rle.decode_batch(theirs), masks)
+
+
+def coco_counts(masks: np.ndarray) -> list[str]:
+    """pycocotools' strings for an [N, H, W] batch, given the F-order uint8 [H, W, N] it reads."""
+    if not len(masks):
+        return []
+    theirs = mask_util.encode(np.asfortranarray(np.asarray(masks).transpose(1, 2, 0) != 0, dtype=np.uint8))
+    return [r["counts"].decode("ascii") for r in theirs]
+
+
+def both_routes(masks: torch.Tensor) -> tuple[list[rle.RLE], list[rle.RLE]]:
+    """encode_tensor's CPU route (ours) and its accelerator route (pycocotools on the transposed batch)."""
+    on_device = rle._encode_columns(masks.bool().transpose(1, 2).contiguous().numpy())
+    return rle.encode_tensor(masks), on_device
+
+
+def assert_tensor_encodes(masks: torch.Tensor) -> None:
+    """Both routes of encode_tensor give pycocotools' strings and [H, W] sizes for every mask."""
+    n, h, w = masks.shape
+    expected = coco_counts(masks.numpy())
+    for encoded in both_routes(masks):
+        assert [r["counts"] for r in encoded] == expected
+        assert [r["size"] for r in encoded] == [[h, w]] * n
+        assert all(type(v) is int for r in encoded for v in r["size"])
+
+
+def edge_masks(h: int, w: int) -> np.ndarray:
+    """Empty, full, one pixel at each corner and the centre, and a border-touching diagonal."""
+    masks = np.zeros((7, h, w), dtype=bool)
+    masks[1] = True
+    for i, (y, x) in enumerate([(0, 0), (h - 1, 0), (0, w - 1), (h - 1, w - 1), (h // 2, w // 2)], start=2):
+        masks[i, y, x] = True
+    if h and w:
+        masks[-1] |= np.eye(h, w, dtype=bool)
+    return masks
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (17, 33), (33, 17), (480, 854), (257, 255)])
+def test_encode_tensor_edge_masks(shape: tuple[int, int]) -> None:
+    assert_tensor_encodes(torch.from_numpy(edge_masks(*shape)))
+
+
+@FAST
+@given(st.integers(0, 5), st.integers(1, 40), st.integers(1, 40), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
+def test_encode_tensor_random(n: int, h: int, w: int, p: float, seed: int) -> None:
+    masks = torch.from_numpy(np.random.default_rng(seed).random((n, h, w)) < p)
+    masks[: n // 2] = torch.from_numpy(blobs(n // 2, h, w, seed))
+    assert_tensor_encodes(masks)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 5), (0, 0, 0), (3, 0, 5), (3, 5, 0)])
+def test_encode_tensor_empty(shape: tuple[int, int, int]) -> None:
+    """No masks: an empty list; masks without pixels: one empty run each, "0", as pycocotools writes."""
+    masks = torch.zeros(shape, dtype=torch.bool)
+    for encoded in both_routes(masks):
+        assert encoded == [{"size": list(shape[1:]), "counts": "0"}] * shape[0]
+
+
+def test_encode_tensor_layouts_and_dtypes() -> None:
+    """Non-contiguous views and any numeric dtype (nonzero is foreground) encode as the mask they show."""
+    base = torch.from_numpy(blobs(4, 61, 47, seed=4))
+    expected = coco_counts(base.numpy())
+    variants = [
+        base.transpose(1, 2).contiguous().transpose(1, 2),  # column-major storage
+        base.permute(1, 2, 0).contiguous().permute(2, 0, 1),  # mask index innermost
+        torch.repeat_interleave(base, 2, dim=2)[:, :, ::2],  # strided
+        base.to(torch.uint8) * 255,
+        base.float() * -0.5,
+        base.to(torch.int64),
+    ]
+    for masks in variants:
+        assert not masks.is_contiguous() or masks.dtype != torch.bool
+        for encoded in both_routes(masks):
+            assert [r["counts"] for r in encoded] == expected
+    # every other mask of a batch: a view whose masks are not adjacent in memory
+    assert [r["counts"] for r in rle.encode_tensor(base[::2])] == expected[::2]
+
+
+def test_encode_tensor_matches_encode_batch() -> None:
+    """The worker's path and the numpy path write the same records."""
+    masks = blobs(5, 90, 70, seed=5)
+    assert rle.encode_tensor(torch.from_numpy(masks)) == rle.encode_batch(masks)
+
+
+def test_encode_tensor_rejects_other_ranks() -> None:
+    with pytest.raises(ValueError, match=r"\[N, H, W\]"):
+        rle.encode_tensor(torch.zeros(3, 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_encode_tensor_on_cuda() -> None:
+    """On the GPU the batch is transposed there and pycocotools encodes the host copy."""
+    masks = np.concatenate([edge_masks(48, 80), blobs(9, 48, 80, seed=6)])
+    encoded = rle.encode_tensor(torch.from_numpy(masks).cuda())
+    assert [r["counts"] for r in encoded] == coco_counts(masks)
+    assert encoded == rle.encode_batch(masks)
 
 
 def test_decode_is_c_contiguous_bool() -> None:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from masklet.io.rle import RLE, encode_batch
+from masklet.io.rle import RLE, encode_tensor
 from masklet.model.sam2 import ImageFeatures, SAM2Model
 from masklet.model.transforms import ArrayLike, prepare_image, scale_coords
 from masklet.pipelines.grids import CropBox, crop_boxes, layer_point_grids
@@ -216,7 +216,7 @@ class AutoMaskGenerator:
             object_score_logits=found.object_score.cpu(),
             point_coords=found.points.cpu(),
             crop_boxes=crop_xyxy[found.crop].cpu(),
-            rles=encode_batch(masks.numpy()),
+            rles=encode_tensor(masks),
         )
 
     def _process_crop(

@@ -60,7 +60,7 @@ def frame_quality(
     stability = stability_score(logits, mask_threshold, stability_offset)
     present = object_score > 0
     masks = (logits > mask_threshold) & present[:, None, None]
-    encoded = rle.encode_batch(masks.cpu().numpy())
+    encoded = rle.encode_tensor(masks)
     visible = masks.flatten(1).any(1).tolist()
     # float32 values, exactly what the Parquet columns will hold
     scores = torch.stack([pred_iou.float(), stability.float(), object_score.float()]).cpu().tolist()
