@@ -22,8 +22,16 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-AUTH_MODE_ENV = "RAY_AUTH_MODE"
 COLOR_PREFIX_ENV = "RAY_COLOR_PREFIX"
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _NotTheDefaultTokenNotice(logging.Filter):
+    """Ray enables token authentication for every local cluster and says so on every run; an embedded
+    Ray keeps the protection, the log loses a line nobody can act on (a warning that it is *off* stays)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
 class ClusterError(ValueError):
@@ -34,11 +42,8 @@ def keep_on_loopback() -> None:
     """Make an embedded Ray listen on 127.0.0.1 only; effective when Ray is not imported yet.
 
     Only for an embedded Ray: a driver that joins a multi-node cluster must advertise its real address.
-    Token authentication, Ray's default for a local cluster, is asked for by name unless the user chose:
-    the same protection, without the warning Ray prints on every run when the choice is left to it.
     """
     os.environ[LOOPBACK_ENV] = "0"
-    os.environ.setdefault(AUTH_MODE_ENV, "token")
 
 
 def plain_logs() -> None:
@@ -69,6 +74,9 @@ def connect(config: RayConfig) -> Iterator[Cluster]:
         yield _describe(embedded=False, how="the Ray this process is connected to", url=None)
         return
     if config.address is None:
+        notice = logging.getLogger(TOKEN_AUTH_LOGGER)
+        if not any(isinstance(f, _NotTheDefaultTokenNotice) for f in notice.filters):
+            notice.addFilter(_NotTheDefaultTokenNotice())
         context = ray.init(
             address="local",
             _node_ip_address=LOOPBACK,
