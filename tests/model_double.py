@@ -27,7 +27,8 @@ DRIFT_PX = 6  # a drifted mask is the GT mask shifted right by this much (IoU we
 
 
 class Truth:
-    """Frames and visible GT masks [K, H, W] of a synthetic scene; `frames(stride)` as a stream gives them."""
+    """Frames and visible GT masks [K, H, W] of a synthetic scene, as the `FrameStream` a pipeline gets;
+    `decodes` counts how often they were decoded (iterated or reopened)."""
 
     def __init__(self, seed: int = 0, index: int = 0, *, width: int = 64, height: int = 48, frames: int = 8) -> None:
         scene = make_scene(seed, index, width=width, height=height, frames=frames)
@@ -35,11 +36,15 @@ class Truth:
         self.rgb = [r.rgb for r in rendered]
         self.visible = [torch.from_numpy(r.visible) for r in rendered]
         self.height, self.width, self.frame_count, self.stride = height, width, frames, 1
+        self.key, self.source_fps, self.max_frames = "truth", 24.0, None
         self.decodes = 0
 
     def __iter__(self) -> Iterator[Frame]:
         self.decodes += 1
         return (Frame(t, rgb) for t, rgb in enumerate(self.rgb))
+
+    def reopen(self) -> Iterator[Frame]:
+        return iter(self)
 
     def position(self, rgb: np.ndarray) -> int:
         return next(t for t, x in enumerate(self.rgb) if x is rgb or np.array_equal(x, rgb))

@@ -18,9 +18,9 @@ from tiny_sam2 import tiny_model
 from masklet.config import PipelineConfig
 from masklet.io import rle
 from masklet.io.schema import MaskletRecord
-from masklet.jobs.pipeline_registry import factory_path, load_factory
 from masklet.pipelines.autolabel import AutoLabeler, automask_config, match
 from masklet.pipelines.automask import AutoMaskGenerator
+from masklet.pipelines.contract import make_pipeline
 from masklet.pipelines.tracking import tracker_factory
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -190,8 +190,7 @@ def test_end_to_end_with_a_tiny_model(tmp_path: Path) -> None:
     pipeline = {"reseed_every": 2, "propagate_backward": True, "points_per_side": 4}
     pipeline |= {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
     config = job_config(pipeline=pipeline, filters={"min_visible_frames": 2})
-    build = load_factory(factory_path(config))
-    run_video = build(config, tiny_model(), torch.device("cpu"))
+    run_video = make_pipeline(config, tiny_model(), torch.device("cpu"))
     with video.open(fps=None) as stream:
         records = run_video(video, stream)
     assert records and len(records) <= config.pipeline.max_objects

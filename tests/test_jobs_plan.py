@@ -12,9 +12,9 @@ from jobs_helpers import write_config
 from masklet.cli import main
 from masklet.config import load_config, validate_config
 from masklet.jobs.cluster import Cluster, ClusterError, plan_layout
-from masklet.jobs.manifest import JobConflict, JobRecord, claim_output, read_job
+from masklet.jobs.job_record import JobConflict, JobRecord, claim_output, read_job
 from masklet.jobs.progress import Progress
-from masklet.jobs.worker import ShardResult
+from masklet.jobs.shard import ShardResult
 from masklet.synth.corpus import write_corpus
 
 # untrained weights, asked for by name: these tests run no model
@@ -108,7 +108,7 @@ class _Terminal(io.StringIO):
 def _result(shard: str, worker: str, frames: int, failed: int = 0) -> ShardResult:
     counts = {"videos": 2, "videos_error": failed, "frames_processed": frames, "masklets": 3, "masklets_kept": 2}
     errors = [("bad", "VideoDecodeError", "truncated")] * failed
-    return ShardResult(shard, 1, worker, counts, {"wall": 1.0}, errors)
+    return ShardResult(shard, counts, {"wall": 1.0}, errors, worker=worker)
 
 
 def test_progress_live_line_on_a_terminal_and_log_lines_elsewhere(tmp_path: Path) -> None:
@@ -116,23 +116,26 @@ def test_progress_live_line_on_a_terminal_and_log_lines_elsewhere(tmp_path: Path
     progress = Progress(str(tmp_path), "run", "hash", total=4, skipped=1, out=terminal)
     progress.worker_update("w0", {"shard_id": "s1", "videos": 1, "frames": 6, "masklets": 2, "masklets_kept": 1})
     progress.tick()
-    assert terminal.getvalue().startswith("\r\x1b[K")
-    assert (
-        "shards 1/4 | videos 1 ok | 6 frames" in terminal.getvalue() and "masklets 1 kept of 2" in terminal.getvalue()
-    )
+    assert terminal.getvalue().startswith("\r  0%|")  # tqdm's bar, then the counts
+    assert "| 0/3 shards, 1 skipped (done before) | ETA unknown | " in terminal.getvalue()
+    assert "| 6 frames | videos 1 ok | masklets 1 kept of 2 | 0:00:00" in terminal.getvalue()
     progress.shard_done(_result("s1", "w0", frames=12, failed=1))
     progress.shard_failed("s2", 3, "worker w1 died")
-    assert "\r\x1b[Kshard s2 failed after 3 attempt(s): worker w1 died\n" in terminal.getvalue()
+    assert "\rshard s2 failed after 3 attempt(s): worker w1 died\n" in terminal.getvalue()  # above the bar
+    progress.close_line()
+    assert terminal.getvalue().endswith("\n")
 
     plain = io.StringIO()
     logged = Progress(str(tmp_path / "other"), "run", "hash", total=2, skipped=0, out=plain, log_every=3600)
     logged.tick()
     logged.tick()  # within log_every: no second line
     assert plain.getvalue().count("\n") == 1 and "\r" not in plain.getvalue()
-    assert plain.getvalue().startswith("[0:00:00] shards 0/2 | videos 0 ok")
+    assert plain.getvalue().startswith("[0:00:00] shards 0/2 (0%) | ETA unknown | rates unknown | 0 frames")
+    logged.shard_done(_result("t1", "w0", frames=12))
+    assert plain.getvalue().splitlines()[-1].endswith("shard t1 done: 2 videos, 12 frames in 1.0 s (1/2, 50%)")
 
     saved = json.loads((tmp_path / "progress.json").read_text())
-    assert saved["state"] == "running"
+    assert saved["state"] == "running" and saved["percent"] == pytest.approx(33.33)
     assert saved["shards"] == {"total": 4, "skipped": 1, "done": 1, "failed": 1, "running": 0, "pending": 1}
     assert saved["videos"] == {"ok": 1, "failed": 1} and saved["frames"] == 12
     assert saved["failed_shards"] == [{"shard_id": "s2", "attempts": 3, "error": "worker w1 died"}]

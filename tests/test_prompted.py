@@ -17,7 +17,7 @@ from tiny_sam2 import tiny_model
 
 from masklet.io import rle
 from masklet.io.schema import MaskletRecord
-from masklet.jobs.pipeline_registry import factory_path, load_factory
+from masklet.pipelines.contract import make_pipeline
 from masklet.pipelines.prompted import track_prompts
 from masklet.pipelines.prompts import PromptError
 
@@ -48,9 +48,8 @@ def run(
     truth: Truth, text: str | None, max_frames: int | None = None
 ) -> tuple[list[MaskletRecord], TrackerFactoryDouble]:
     trackers = TrackerFactoryDouble(truth)
-    records = track_prompts(
-        "vid", text, truth, max_frames=max_frames, make_tracker=trackers, reopen=lambda: iter(truth)
-    )
+    truth.max_frames = max_frames
+    records = track_prompts("vid", text, truth, make_tracker=trackers)
     return records, trackers
 
 
@@ -118,7 +117,7 @@ def test_end_to_end_with_a_tiny_model(tmp_path: Path) -> None:
     )
     video = frame_folder(truth, tmp_path, prompts=text)
     config = job_config(pipeline={"mode": "prompted"}, filters={"min_visible_frames": 0, "dedup_iou": None})
-    run_video = load_factory(factory_path(config))(config, tiny_model(), torch.device("cpu"))
+    run_video = make_pipeline(config, tiny_model(), torch.device("cpu"))
     with video.open(fps=None) as stream:
         records = run_video(video, stream)
     assert [r.masklet_id for r in records] == [1, 2]

@@ -32,10 +32,13 @@ from masklet.config import ConfigError, JobConfig
 from masklet.eval.metrics import masklet_scores, match_masklets
 from masklet.io import rle, sav
 from masklet.io.annotated import read_members
+from masklet.io.errors import InputError
 from masklet.io.schema import MaskletRecord
 from masklet.io.sources import Shard, VideoError, VideoInput, iter_videos, list_shards
 from masklet.io.video import Frame
 from masklet.model import SAM2Model
+from masklet.model.device import resolve_device
+from masklet.pipelines.contract import factory_path, make_pipeline
 from masklet.pipelines.model_loading import load_model
 from masklet.pipelines.quality import MaskletSequences
 from masklet.pipelines.tracking import TrackerFactory, record, tracker_factory
@@ -49,7 +52,7 @@ MATCH_THRESHOLD = 0.5
 GT_SUFFIX = ".gt.json"
 
 
-class GroundTruthError(ValueError):
+class GroundTruthError(InputError):
     """Ground truth that is missing or does not fit the video; the message names the video and file."""
 
 
@@ -224,14 +227,11 @@ def _prompted_row(
 
 
 def _auto_row(item: VideoInput, annotation: sav.SavAnnotation, pipeline: Any, config: JobConfig) -> dict[str, Any]:
-    from masklet.jobs.worker import TimedFrames  # imports Ray: only when the automatic mode runs
-
     source = config.source
     with item.open(fps=source.fps, max_frames=source.max_frames, prefetch_frames=source.prefetch_frames) as stream:
         _check_size(item.key, annotation, stream.height, stream.width)
-        frames = TimedFrames(stream)
-        records = list(pipeline(item, frames))
-    indices = frames.frame_indices
+        records = list(pipeline(item, stream))
+    indices = stream.frame_indices
     kept = [r for r in records if r.kept]
     scores = score_auto([record_masks(r, indices) for r in kept], sampled_ground_truth(annotation, indices))
     for pair in scores["pairs"]:
@@ -294,8 +294,6 @@ def evaluate(
     a model directly. Returns `settings`, `summary` (per mode and over videos) and per mode a row per
     video, in corpus order; a video that cannot be decoded or scored is a row with status "error".
     """
-    from masklet.jobs.pipeline_registry import factory_path, load_factory
-    from masklet.model.device import resolve_device
 
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
@@ -308,7 +306,7 @@ def evaluate(
         model = load_model(config.model, device, config.model.sha256)
     model.eval()
     auto_config = _auto_config(config)
-    pipeline = load_factory(factory_path(auto_config))(auto_config, model, device) if "auto" in modes else None
+    pipeline = make_pipeline(auto_config, model, device) if "auto" in modes else None
     make_tracker = tracker_factory(model)
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     videos = 0

@@ -6,7 +6,8 @@ frames), or the JPEG files of a frame folder (SA-V / DAVIS layout).
 
 Backends: decord first (what the official predictor uses for video files); PyAV when decord cannot
 open the bytes (its bundled FFmpeg 4 lacks e.g. AV1). JPEG frames are decoded by PyAV's mjpeg
-decoder, so Pillow is not needed.
+decoder, so Pillow is not needed. PyAV is imported only there: a machine that decodes only what
+decord reads (the GPU check) runs without it.
 
 Frame selection: stride = max(1, round-half-up(source_fps / fps)); frames 0, stride, 2*stride, ...
 are yielded with their original index (SA-V: 24 fps annotated at 6 fps -> every 4th frame; 30 fps
@@ -35,15 +36,16 @@ import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import av
 import decord
 import fsspec
 import numpy as np
 
+from masklet.io.errors import InputError
 from masklet.io.prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
@@ -72,11 +74,12 @@ def _stderr_silenced() -> Iterator[None]:
             os.close(saved)
             os.close(devnull)
 
+
 FRAME_FOLDER_FPS = 24.0  # SA-V's JPEGImages_24fps and DAVIS are 24 fps; the files do not say so
 TRUNCATION_TOLERANCE = 2  # frames a decoder may drop without a truncated file (MP4 edit lists)
 
 
-class VideoDecodeError(ValueError):
+class VideoDecodeError(InputError):
     """A video that cannot be decoded; `reason` says what is wrong in words a person can act on."""
 
     def __init__(self, key: str, reason: str) -> None:
@@ -162,6 +165,8 @@ class _PyAV(_Decoder):
     backend = "pyav"
 
     def __init__(self, data: bytes, key: str) -> None:
+        import av
+
         self._container = av.open(io.BytesIO(data))
         try:
             if not self._container.streams.video:
@@ -196,6 +201,8 @@ class _PyAV(_Decoder):
 
 def _count_packets(data: bytes) -> int:
     """Frames of a container that does not store the count (Matroska, WebM): demux, don't decode."""
+    import av
+
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         return sum(1 for packet in container.demux(stream) if packet.size)
@@ -207,6 +214,8 @@ class _Jpegs(_Decoder):
     def __init__(self, files: FrameFiles, key: str) -> None:
         if not files.uris:
             raise VideoDecodeError(key, "the frame folder holds no JPEG frames")
+        import av
+
         self._files, self._key = files, key
         self._codec = av.CodecContext.create("mjpeg", "r")
         self._first: np.ndarray | None = self._decode(0, first=True)
@@ -220,6 +229,8 @@ class _Jpegs(_Decoder):
             yield Frame(self._files.indices[position], self._decode(position))
 
     def _decode(self, position: int, first: bool = False) -> np.ndarray:
+        import av
+
         uri = self._files.uris[position]
         try:
             with fsspec.open(uri, "rb") as f:
@@ -254,16 +265,18 @@ def _is_complete_jpeg(data: bytes) -> bool:
     return data.startswith(b"\xff\xd8") and data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0
 
 
-def _open_decoder(source: bytes | BinaryIO | FrameFiles, key: str) -> _Decoder:
+def _open_decoder(source: bytes | FrameFiles, key: str) -> _Decoder:
     if isinstance(source, FrameFiles):
         return _Jpegs(source, key)
-    data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else source.read()
+    data = source
     if not data:
         raise VideoDecodeError(key, "the video file is empty (0 bytes)")
     try:
         return _Decord(data)
     except Exception as exc:  # decord raises RuntimeError, DECORDError, AssertionError, ...
         log.debug("decord cannot open video %r (%s); trying PyAV", key, exc)
+    import av
+
     try:
         return _PyAV(data, key)
     except VideoDecodeError:
@@ -277,28 +290,76 @@ def _open_decoder(source: bytes | BinaryIO | FrameFiles, key: str) -> _Decoder:
         raise VideoDecodeError(key, f"cannot decode the first frame: {exc}") from exc
 
 
+@dataclass
+class DecodeClock:
+    """Time a consumer spent waiting for decoded frames, shared by a stream and its reopened copies:
+    decoding that prefetch did not hide behind the consumer's work."""
+
+    wait_seconds: float = 0.0
+
+
 class VideoStream:
     """An opened video: its properties are known before iterating; frames are decoded ahead.
 
     Iterate once (or use as a context manager); leaving the loop early stops the decoder thread.
+    `frame_indices` lists the frames yielded so far; `reopen()` decodes the same frames again from the
+    bytes already in memory (never from the source), for a backward pass.
     """
 
-    def __init__(self, decoder: _Decoder, *, key: str, fps: float | None, max_frames: int | None, prefetch: int):
+    def __init__(
+        self,
+        source: bytes | FrameFiles,
+        decoder: _Decoder,
+        *,
+        key: str,
+        fps: float | None,
+        max_frames: int | None,
+        prefetch: int,
+        clock: DecodeClock | None = None,
+    ):
         self.key = key
         self.backend = decoder.backend
         self.source_fps = decoder.fps
         self.frame_count = decoder.frame_count
         self.height, self.width = decoder.height, decoder.width
+        self.fps = fps
         self.stride = frame_stride(decoder.fps, fps)
         self.max_frames = max_frames
+        self.frame_indices: list[int] = []
+        self.clock = clock or DecodeClock()
+        self._source = source
+        self._prefetch_depth = prefetch
         self._decoder = decoder
         self._prefetch = Prefetcher(self._decode, prefetch, name=f"masklet-decode:{key}")
 
     def __iter__(self) -> Iterator[Frame]:
+        frames = iter(self._prefetch)
         try:
-            yield from self._prefetch
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    return
+                finally:
+                    self.clock.wait_seconds += time.perf_counter() - t0
+                self.frame_indices.append(frame.index)
+                yield frame
         finally:
             self.close()
+
+    def reopen(self) -> VideoStream:
+        """The same frames again, decoded afresh from the bytes this stream holds; waits count on one clock."""
+        decoder = _open_decoder(self._source, self.key)
+        return VideoStream(
+            self._source,
+            decoder,
+            key=self.key,
+            fps=self.fps,
+            max_frames=self.max_frames,
+            prefetch=self._prefetch_depth,
+            clock=self.clock,
+        )
 
     def close(self) -> None:
         self._prefetch.close()
@@ -345,10 +406,12 @@ def open_video(
     """Open a video and decode its first frame; raise VideoDecodeError if it is not a usable video."""
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+    if not isinstance(source, (bytes, FrameFiles)):
+        source = bytes(source) if isinstance(source, (bytearray, memoryview)) else source.read()
     decoder = _open_decoder(source, key)
     if decoder.frame_count < min_frames:
         decoder.close()
         raise VideoDecodeError(
             key, f"the video has {decoder.frame_count} frame(s); at least {min_frames} are needed to track masklets"
         )
-    return VideoStream(decoder, key=key, fps=fps, max_frames=max_frames, prefetch=prefetch_frames)
+    return VideoStream(source, decoder, key=key, fps=fps, max_frames=max_frames, prefetch=prefetch_frames)

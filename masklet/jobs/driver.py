@@ -28,10 +28,10 @@ from masklet.io.layout import JOB_FILE, PROGRESS_FILE
 from masklet.io.sinks import list_done
 from masklet.io.sources import Shard, list_shards
 from masklet.jobs.cluster import Cluster, Layout, connect, plan_layout
-from masklet.jobs.manifest import JobRecord, claim_output
-from masklet.jobs.pipeline_registry import factory_path, load_factory
+from masklet.jobs.job_record import JobRecord, claim_output
 from masklet.jobs.progress import FailedShard, Progress
 from masklet.jobs.worker import ShardWorker
+from masklet.pipelines.contract import factory_path, load_factory
 
 POLL_SECONDS = 1.0
 
@@ -48,7 +48,7 @@ class JobPlan:
     shards: list[Shard]
     done: set[str]
     record: JobRecord
-    claim: str  # "new", "resume" or "forced" (see manifest.claim_output)
+    claim: str  # "new", "resume" or "forced" (see job_record.claim_output)
     factory: str
 
     @property

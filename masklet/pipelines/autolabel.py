@@ -48,9 +48,10 @@ from masklet.model import SAM2Model
 from masklet.model.sam2 import ImageFeatures
 from masklet.model.tracker import TrackOutput
 from masklet.pipelines.automask import AutoMaskConfig, AutoMaskGenerator
+from masklet.pipelines.contract import FrameStream
 from masklet.pipelines.filters import apply_filters
 from masklet.pipelines.quality import MaskletSequences
-from masklet.pipelines.tracking import TrackerFactory, VideoFrames, record, replay_backward, tracker_factory
+from masklet.pipelines.tracking import TrackerFactory, record, replay_backward, tracker_factory
 
 COVERED_FRACTION = 0.5  # a candidate this much inside tracked masks is part of them, not a new object
 MAX_COND_FRAMES = 8  # with re-seeding, corrections keep coming: attend to the closest corrected frames
@@ -249,18 +250,14 @@ def automask_config(config: PipelineConfig) -> AutoMaskConfig:
 
 def build_pipeline(
     config: JobConfig, model: SAM2Model, device: torch.device
-) -> Callable[[VideoInput, VideoFrames], list[MaskletRecord]]:
-    """The worker's factory (masklet.jobs.pipeline_registry): every masklet of a video, filtered."""
+) -> Callable[[VideoInput, FrameStream], list[MaskletRecord]]:
+    """The factory (masklet.pipelines.contract): every masklet of a video, filtered."""
     c = config.pipeline
     max_cond = MAX_COND_FRAMES if c.reseed_every is not None else None
     generator = AutoMaskGenerator(model, automask_config(c))
     labeler = AutoLabeler(c, tracker_factory(model, max_cond_frames=max_cond), generator.generate)
-    source = config.source
 
-    def pipeline(video: VideoInput, frames: VideoFrames) -> list[MaskletRecord]:
-        def reopen() -> Iterable[Frame]:
-            return video.open(fps=source.fps, max_frames=source.max_frames, prefetch_frames=source.prefetch_frames)
-
-        return apply_filters(labeler(video.key, frames, reopen), config.filters)
+    def pipeline(video: VideoInput, frames: FrameStream) -> list[MaskletRecord]:
+        return apply_filters(labeler(video.key, frames, frames.reopen), config.filters)
 
     return pipeline

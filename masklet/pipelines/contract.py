@@ -1,6 +1,8 @@
-"""The one contract between a worker and the per-video pipeline, and where a worker finds its pipeline.
+"""The one contract between whoever runs a pipeline (a job's worker, the Python API, eval, a benchmark)
+and the per-video pipeline, and where the pipeline of a config is found.
 
-A worker builds its pipeline once, with the model it loaded, by calling a *factory*:
+The runner loads the model once (`masklet.pipelines.model_loading.load_model`) and builds the
+pipeline once by calling a *factory*:
 
     factory(config: JobConfig, model: SAM2Model, device: torch.device) -> VideoPipeline
 
@@ -8,15 +10,16 @@ and then calls the pipeline once per video:
 
     pipeline(video: VideoInput, frames: FrameStream) -> list[MaskletRecord]
 
-`frames` yields the decoded annotated frames (`masklet.io.video.Frame`) and knows the video's
-size; the pipeline returns every masklet of the video, kept or not, RLE-encoded at the video's
-resolution. It raises for a video it cannot label (a bad prompt, a decode error while iterating):
-the worker turns that into the video's error row. Timing is the worker's job: the time the
-pipeline waits for frames is decode time, the rest of its call is model time.
+`frames` yields the decoded annotated frames (`masklet.io.video.Frame`), knows the video's size, and
+`reopen()` gives the same frames again for a backward pass, decoded from what the runner already
+holds: a pipeline never reads the source itself. The pipeline returns every masklet of the video,
+kept or not, RLE-encoded at the video's resolution. It raises for a video it cannot label: an
+`InputError` (a bad prompt, a decode error while iterating) becomes the video's error row. Timing is
+the runner's: the time the pipeline waits for frames is decode time, the rest of its call is model time.
 
 The factory is `workers.pipeline` ("module:function", a plug-in any user can write) or, when that
-is null, the built-in one for `pipeline.mode` below. Both protocols are structural: pipelines
-satisfy them without importing masklet.jobs (dependencies point jobs -> pipelines).
+is null, the built-in one for `pipeline.mode` below. Both protocols are structural: a plug-in
+satisfies them without importing masklet.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from masklet.config import ConfigError, JobConfig
@@ -44,7 +47,8 @@ BUILTIN_PIPELINES = {
 
 
 class FrameStream(Protocol):
-    """A video being decoded: its properties up front, its annotated frames when iterated (once)."""
+    """A video being decoded (`masklet.io.video.VideoStream` is one): its properties up front, its
+    annotated frames when iterated (once), and the same frames again from `reopen()`."""
 
     key: str
     height: int
@@ -52,8 +56,11 @@ class FrameStream(Protocol):
     frame_count: int
     source_fps: float | None
     stride: int
+    max_frames: int | None
 
     def __iter__(self) -> Iterator[Frame]: ...
+
+    def reopen(self) -> Iterable[Frame]: ...
 
 
 class VideoPipeline(Protocol):
@@ -83,3 +90,8 @@ def load_factory(path: str) -> PipelineFactory:
     if not callable(factory):
         raise ConfigError(f"pipeline factory {path!r}: {module_name} has no function {attr!r}")
     return factory
+
+
+def make_pipeline(config: JobConfig, model: SAM2Model, device: torch.device) -> VideoPipeline:
+    """The config's pipeline on a loaded model: its factory found and called."""
+    return load_factory(factory_path(config))(config, model, device)

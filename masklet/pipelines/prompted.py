@@ -20,10 +20,11 @@ from masklet.io.schema import MaskletRecord
 from masklet.io.sources import VideoInput
 from masklet.io.video import Frame
 from masklet.model import SAM2Model
+from masklet.pipelines.contract import FrameStream
 from masklet.pipelines.filters import apply_filters
 from masklet.pipelines.prompts import ObjectPrompt, PromptError, parse_prompts, schedule
 from masklet.pipelines.quality import MaskletSequences
-from masklet.pipelines.tracking import Tracker, TrackerFactory, VideoFrames, record, replay_backward, tracker_factory
+from masklet.pipelines.tracking import Tracker, TrackerFactory, record, replay_backward, tracker_factory
 
 
 def annotated_frames(frame_count: int, stride: int, max_frames: int | None) -> list[int]:
@@ -35,11 +36,9 @@ def annotated_frames(frame_count: int, stride: int, max_frames: int | None) -> l
 def track_prompts(
     key: str,
     text: str | bytes | None,
-    frames: VideoFrames,
+    frames: FrameStream,
     *,
-    max_frames: int | None,
     make_tracker: TrackerFactory,
-    reopen: Callable[[], Iterable[Frame]],
     policy: Literal["snap", "exact"] = "snap",
 ) -> list[MaskletRecord]:
     """Every prompted masklet of one video, unfiltered; raises PromptError for a bad prompt."""
@@ -48,7 +47,7 @@ def track_prompts(
     prompts = parse_prompts(
         text, video_key=key, height=frames.height, width=frames.width, frame_count=frames.frame_count
     )
-    frame_indices = annotated_frames(frames.frame_count, frames.stride, max_frames)
+    frame_indices = annotated_frames(frames.frame_count, frames.stride, frames.max_frames)
     plan = schedule(prompts, frame_indices, policy)
     if not plan:
         raise PromptError(f"video {key!r}: the prompt file has no object to track", key)
@@ -80,7 +79,7 @@ def track_prompts(
         )
     late = {o: pos for o, pos in first.items() if pos > 0}
     if late:
-        _backward(late, by_position, make_tracker, reopen, sequences)
+        _backward(late, by_position, make_tracker, frames.reopen, sequences)
     return sequences.records()
 
 
@@ -107,23 +106,13 @@ def _backward(
 
 def build_pipeline(
     config: JobConfig, model: SAM2Model, device: torch.device
-) -> Callable[[VideoInput, VideoFrames], list[MaskletRecord]]:
-    """The worker's factory (masklet.jobs.pipeline_registry): every prompted masklet of a video, filtered."""
+) -> Callable[[VideoInput, FrameStream], list[MaskletRecord]]:
+    """The factory (masklet.pipelines.contract): every prompted masklet of a video, filtered."""
     make_tracker = tracker_factory(model)
-    source = config.source
 
-    def pipeline(video: VideoInput, frames: VideoFrames) -> list[MaskletRecord]:
-        def reopen() -> Iterable[Frame]:
-            return video.open(fps=source.fps, max_frames=source.max_frames, prefetch_frames=source.prefetch_frames)
-
+    def pipeline(video: VideoInput, frames: FrameStream) -> list[MaskletRecord]:
         records = track_prompts(
-            video.key,
-            video.prompts,
-            frames,
-            max_frames=source.max_frames,
-            make_tracker=make_tracker,
-            reopen=reopen,
-            policy=config.pipeline.prompt_frames,
+            video.key, video.prompts, frames, make_tracker=make_tracker, policy=config.pipeline.prompt_frames
         )
         return apply_filters(records, config.filters)
 

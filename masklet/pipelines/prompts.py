@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from masklet.io import rle
+from masklet.io.errors import InputError
 from masklet.io.rle import RLE
 
 MAX_OBJECT_ID = MAX_FRAME = 2**31 - 1  # int32 columns
@@ -31,7 +32,7 @@ _OBJECT_KEYS = {"id", "prompts"}
 _PROMPT_KEYS = {"frame", "points", "labels", "box", "mask"}
 
 
-class PromptError(ValueError):
+class PromptError(InputError):
     """A prompt that cannot apply to its video; the message says which video, object and prompt."""
 
     def __init__(self, message: str, video_key: str, obj_id: int | None = None, prompt: int | None = None) -> None:

@@ -28,17 +28,6 @@ from masklet.pipelines.quality import MaskletSequences
 REPLAY_CHUNK = 64  # frames held at once by a backward pass
 
 
-class VideoFrames(Protocol):
-    """The decoded video a pipeline gets (the worker's `FrameStream`): its size, then its frames."""
-
-    height: int
-    width: int
-    frame_count: int
-    stride: int
-
-    def __iter__(self) -> Iterator[Frame]: ...
-
-
 class Tracker(Protocol):
     """The part of `VideoTracker` the pipelines use (a test double implements it too)."""
 

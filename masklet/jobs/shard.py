@@ -1,0 +1,193 @@
+"""The work of one shard, without Ray: decode each video, run the pipeline, write the output shard.
+
+`process_shard` is what a job's worker actor runs for every shard it is given, and what a notebook,
+a test or a GPU benchmark calls directly; `label_video` is its step for one video (the Python API's
+too). A video that cannot be read or labelled becomes an error row and the shard goes on: an
+`InputError` quietly, anything else with its traceback logged, as it may be a bug. What goes wrong
+with the shard itself (it cannot be read or written, `check` raises) fails the whole attempt and
+commits nothing. Importing this module loads neither Ray nor torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from masklet.config import SourceConfig
+from masklet.io.errors import InputError
+from masklet.io.schema import MaskletRecord, VideoRecord
+from masklet.io.sinks import ShardWriter
+from masklet.io.sources import Shard, VideoError, VideoInput, iter_videos
+from masklet.io.tars import sanitize_key
+from masklet.io.video import FRAME_FOLDER_FPS, FrameFiles, VideoStream, open_video
+from masklet.pipelines.contract import VideoPipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardResult:
+    """A committed shard: its counts, timings and the videos that failed (video_key, error_type, error)."""
+
+    shard_id: str
+    counts: dict[str, int]
+    seconds: dict[str, float]
+    failed_videos: list[tuple[str, str, str]] = field(default_factory=list)
+    worker: str = ""
+    attempt: int = 1
+
+
+@dataclass
+class LabeledVideo:
+    """One video through decode and pipeline: its row, its masklets (none for an error row) and, for
+    an encoded video, its bytes (what `output.write_video` copies into the output tar)."""
+
+    record: VideoRecord
+    masklets: list[MaskletRecord]
+    data: bytes | None = None
+
+
+def label_video(item: VideoInput | VideoError, pipeline: VideoPipeline, source: SourceConfig) -> LabeledVideo:
+    """Decode `item` at `source`'s fps and label it; anything wrong with it becomes its error row."""
+    if isinstance(item, VideoError):
+        return LabeledVideo(_error_row(item.key, item.original_key, item.source_uri, "VideoError", item.reason), [])
+    attempt = _Attempt(time.perf_counter())
+    try:
+        return run_video(item, pipeline, source, attempt)
+    except Exception as exc:
+        if not isinstance(exc, InputError):
+            log.exception("video %s of %s failed", item.key, item.source_uri)
+        known = _stream_fields(attempt.stream, attempt.data) if attempt.stream is not None else {}
+        record = _error_row(
+            item.key, item.original_key, item.source_uri, type(exc).__name__, str(exc) or repr(exc), **known
+        )
+        record.total_seconds = time.perf_counter() - attempt.t0
+        return LabeledVideo(record, [])
+
+
+@dataclass
+class _Attempt:
+    """What a video's attempt got to before it failed, for its error row."""
+
+    t0: float
+    stream: VideoStream | None = None
+    data: bytes | None = None
+
+
+def run_video(
+    item: VideoInput, pipeline: VideoPipeline, source: SourceConfig, attempt: _Attempt | None = None
+) -> LabeledVideo:
+    """Decode `item` at `source`'s fps and label it, raising whatever goes wrong (`label_video` turns
+    that into an error row; the Python API lets it reach the caller)."""
+    attempt = attempt or _Attempt(time.perf_counter())
+    attempt.data = None if isinstance(item.content, FrameFiles) else item.read_bytes()
+    attempt.stream = stream = open_video(
+        item.content if attempt.data is None else attempt.data,
+        key=item.key,
+        fps=source.fps,
+        max_frames=source.max_frames,
+        prefetch_frames=source.prefetch_frames,
+    )
+    opened = time.perf_counter() - attempt.t0
+    with stream:
+        t1 = time.perf_counter()
+        masklets = list(pipeline(item, stream))
+        in_pipeline = time.perf_counter() - t1
+    record = VideoRecord(
+        item.key,
+        item.original_key,
+        item.source_uri,
+        **_stream_fields(stream, attempt.data),
+        decode_seconds=opened + stream.clock.wait_seconds,
+        model_seconds=in_pipeline - stream.clock.wait_seconds,
+        total_seconds=time.perf_counter() - attempt.t0,
+    )
+    return LabeledVideo(record, masklets, attempt.data)
+
+
+def process_shard(
+    shard: Shard,
+    pipeline: VideoPipeline,
+    *,
+    source: SourceConfig,
+    output_uri: str,
+    model: str,
+    config_hash: str,
+    write_video: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    on_video: Callable[[LabeledVideo], None] | None = None,
+    check: Callable[[], None] | None = None,
+) -> ShardResult:
+    """Label every video of `shard` and commit its output shard under `output_uri`.
+
+    `on_video` sees each video as it is added (progress, metrics); `check` runs before each video and
+    before the commit, and raising there abandons the attempt (e.g. a worker whose node is gone).
+    `extra` goes into the `_done` marker. Raises if the shard cannot be read or written.
+    """
+    failed: list[tuple[str, str, str]] = []
+    keys: set[str] = set()
+    writer = ShardWriter(output_uri, shard.id, model=model, config_hash=config_hash, write_video=write_video)
+    with writer:
+        for item in iter_videos(shard):
+            if check is not None:
+                check()
+            video = label_video(item, pipeline, source)
+            video.record = _unique_key(video.record, keys)
+            video = _add(writer, video, item)
+            keys.add(video.record.video_key)
+            if video.record.status == "error":
+                failed.append((video.record.video_key, video.record.error_type or "", video.record.error or ""))
+            if on_video is not None:
+                on_video(video)
+        if check is not None:
+            check()
+        marker = writer.commit(extra={"host": socket.gethostname(), **dict(extra or {})})
+    return ShardResult(shard.id, marker["counts"], marker["seconds"], failed)
+
+
+def _add(writer: ShardWriter, video: LabeledVideo, item: VideoInput | VideoError) -> LabeledVideo:
+    """Hand a video to the writer; output the writer refuses (the pipeline broke the schema) is an error row."""
+    ext = item.ext if isinstance(item, VideoInput) and item.ext else "mp4"
+    try:
+        writer.add_video(video.record, video.masklets, video_bytes=video.data, video_ext=ext)
+    except ValueError as exc:
+        if video.record.status == "error":
+            raise
+        log.error("video %s: the pipeline's output was refused: %s", video.record.video_key, exc)
+        r = video.record
+        record = _error_row(r.video_key, r.original_key, r.source_uri, "InvalidOutput", str(exc))
+        writer.add_video(record)
+        return LabeledVideo(record, [])
+    return video
+
+
+def _error_row(key: str, original_key: str, source_uri: str, error_type: str, error: str, **known: Any) -> VideoRecord:
+    return VideoRecord(key, original_key, source_uri, status="error", error=error, error_type=error_type, **known)
+
+
+def _stream_fields(stream: VideoStream, data: bytes | None) -> dict[str, Any]:
+    """What decoding learnt about a video; a container without a frame rate counts as SA-V's 24 fps."""
+    return {
+        "fps": stream.source_fps or FRAME_FOLDER_FPS,
+        "frame_count": stream.frame_count,
+        "height": stream.height,
+        "width": stream.width,
+        "frame_indices": list(stream.frame_indices),
+        "decoder": stream.backend,
+        "video_bytes": len(data) if data is not None else None,
+    }
+
+
+def _unique_key(record: VideoRecord, taken: set[str]) -> VideoRecord:
+    """A repeated key (the input has two videos with one key) gets a derived key for its error row."""
+    if record.video_key not in taken:
+        return record
+    n = 2
+    while (key := sanitize_key(f"{record.video_key}#{n}")) in taken:
+        n += 1
+    record.video_key = key
+    return record
