@@ -3,8 +3,8 @@ import pytest
 
 from masklet.config import FiltersConfig
 from masklet.io import rle
-from masklet.io.schema import MaskletRecord
-from masklet.pipelines.filters import REASONS, apply_filters, reject_reason, tube_ious
+from masklet.io.schema import FILTER_REASONS, MaskletRecord
+from masklet.pipelines.filters import apply_filters, reject_reason, tube_ious
 
 H, W = 20, 30
 FRAMES = [0, 4, 8, 12]
@@ -84,7 +84,7 @@ def test_first_reason_wins_in_documented_order():
     assert reject_reason(r, strict) == "low_stability"
     assert reject_reason(r, strict.model_copy(update={"min_stability_mean": 0.0})) == "low_pred_iou"
     assert reject_reason(r, FiltersConfig(min_visible_frames=3, min_stability_mean=0.9)) == "too_few_visible_frames"
-    assert [c[3] for c in CASES] + ["duplicate_of"] == list(REASONS)
+    assert [c[3] for c in CASES] + ["duplicate_of"] == list(FILTER_REASONS)
 
 
 def test_never_visible_kept_when_asked():

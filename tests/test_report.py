@@ -178,7 +178,7 @@ def test_report_of_a_cut_output_tar_names_the_break(tmp_path: Path) -> None:
             assert found[f"kept masklets of {key}"][1].n_frames == len(ANNOTATED)
     assert f"kept masklets of {last}" not in found
     section = page.split(f'id="video-{last}"', 1)[1].split("</section>", 1)[0]
-    assert "frames unavailable:" in section and "shard-000000.tar is truncated or corrupt after member" in section
+    assert "frames unavailable:" in section and "shard-000000.tar is truncated or corrupt at or after member" in section
 
 
 def test_untrained_weights_are_a_warning_at_the_top(local_output: tuple[str, list], tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ from masklet.cli import main
 from masklet.config import FiltersConfig
 from masklet.io import rle
 from masklet.io.outputs import read_shard, rewrite_output
-from masklet.io.schema import MaskletRecord, VideoRecord
+from masklet.io.schema import NOT_SAMPLED, MaskletRecord, VideoRecord
 from masklet.io.sinks import ShardWriter
 from masklet.pipelines.filters import apply_filters
-from masklet.pipelines.sampling import NOT_SAMPLED, Candidate, mark_sampled, sample_size, select
+from masklet.pipelines.sampling import Candidate, mark_sampled, sample_size, select
 
 H, W = 16, 24
 FRAMES = [0, 4, 8]
@@ -196,7 +196,7 @@ def test_filter_fails_on_a_damaged_video_tar_naming_it(root, tmp_path, capsys):
     tar_path.write_bytes(data[: second.offset] + bytes(512) + data[second.offset + 512 :])
     assert main(["filter", path, str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert f"{tar_path} is truncated or corrupt after member" in err
+    assert f"the tar {tar_path} is truncated or corrupt at or after member" in err
     assert f"at byte {second.offset}" in err
 
 

@@ -9,17 +9,12 @@ import pytest
 import webdataset
 
 from masklet.io import rle, storage
-from masklet.io.schema import (
-    MASKLETS_SCHEMA,
-    VIDEOS_SCHEMA,
-    MaskletRecord,
-    VideoRecord,
-    is_safe_key,
-)
+from masklet.io.schema import MASKLETS_SCHEMA, VIDEOS_SCHEMA, MaskletRecord, VideoRecord
 from masklet.io.sinks import ShardWriter, is_done, list_done
+from masklet.io.tars import MAX_KEY_LENGTH, is_safe_key, sanitize_key
 
 H, W = 17, 33  # odd sizes catch row/column-major slips
-# original key -> tar-safe key (as masklet.io.sources.sanitize_key makes them)
+# original key -> tar-safe key (as masklet.io.tars.sanitize_key makes them)
 KEYS = {"vid-0": "vid-0", "clips/a.b..c d": "clips_a_b__c_d-8c1d6b0e"}
 FRAMES = [0, 4, 8, 12, 16]
 
@@ -241,12 +236,10 @@ def test_list_done_on_a_missing_bucket_names_it(s3_bucket: str) -> None:
 
 
 def test_keys_from_sources_are_tar_safe_and_others_refused() -> None:
-    from masklet.io.sources import sanitize_key
-
     originals = ["a.b", "a_b", "x" * 500, "", "...", "日本語.mp4", "../../etc/passwd", "dir/sub/clip"]
     keys = [sanitize_key(k) for k in originals]
     assert all(is_safe_key(k) for k in keys) and len(set(keys)) == len(keys)
-    for bad in ("a.b", "a/b", "", "x" * 91):
+    for bad in ("a.b", "a/b", "", "x" * (MAX_KEY_LENGTH + 1)):
         with pytest.raises(ValueError, match="tar-safe"):
             VideoRecord(video_key=bad, original_key="a.b", source_uri="u", status="error", error="e")
 

@@ -23,7 +23,8 @@ from videos import encode, index_frame, jpeg, read_index, tar_bytes
 
 from masklet.config import SourceConfig
 from masklet.io import sources
-from masklet.io.sources import MAX_KEY_LENGTH, VideoError, VideoInput, iter_videos, list_shards, sanitize_key
+from masklet.io.sources import VideoError, VideoInput, iter_videos, list_shards
+from masklet.io.tars import MAX_KEY_LENGTH, sanitize_key
 from masklet.io.video import VideoDecodeError
 from masklet.synth.corpus import write_corpus
 

@@ -9,7 +9,6 @@ in the source shards at `videos_uri` (an output that only references its videos)
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -17,16 +16,8 @@ import fsspec
 
 from masklet.config import SourceConfig
 from masklet.io import sav
-from masklet.io.sources import (
-    TAR_STREAM_ERRORS,
-    VIDEO_EXTENSIONS,
-    VideoError,
-    VideoInput,
-    iter_videos,
-    list_shards,
-    open_tar_stream,
-    sanitize_key,
-)
+from masklet.io.sources import VIDEO_EXTENSIONS, VideoError, VideoInput, iter_videos, list_shards
+from masklet.io.tars import TarDamaged, read_tar, sanitize_key
 
 
 @dataclass(frozen=True)
@@ -82,32 +73,23 @@ class TarMembers:
 
 def read_members(uri: str, suffix: str, *, video_bytes: bool = True) -> TarMembers:
     """Read `{key}.{suffix}` members and video members of the tar at `uri` (video bytes only when asked).
-    Links, special members and unsafe names are skipped; a truncated or corrupt tar keeps what came before
-    the break and says where it broke in `error` (see sources.open_tar_stream)."""
+    Refused members (links, special files, unsafe names) are skipped; a truncated or corrupt tar keeps
+    what came before the break and says where it broke in `error` (masklet.io.tars)."""
     found = TarMembers()
-    last_member = None
     try:
-        with fsspec.open(uri, "rb") as f, open_tar_stream(f) as tar:
-            for member in tar:
-                last_member = member.name
-                if not member.isfile() or ".." in member.name.split("/") or member.name.startswith("/"):
+        with fsspec.open(uri, "rb") as f:
+            for member in read_tar(f, uri):
+                if member.refused:
                     continue
                 name = member.name
                 ext = name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
                 if name.endswith(f".{suffix}"):
-                    found.annotations[name[: -len(suffix) - 1]] = _read(tar, member)
+                    found.annotations[name[: -len(suffix) - 1]] = member.read()
                 elif ext in VIDEO_EXTENSIONS:
-                    found.videos[name[: -len(ext) - 1]] = (name, ext, _read(tar, member) if video_bytes else None)
-    except TAR_STREAM_ERRORS as exc:
-        where = f"at or after member {last_member!r}" if last_member else "at its start"
-        found.error = f"the tar shard {uri} is truncated or corrupt {where}: {exc}; members after it are lost"
+                    found.videos[name[: -len(ext) - 1]] = (name, ext, member.read() if video_bytes else None)
+    except TarDamaged as exc:
+        found.error = f"{exc}; members after it are lost"
     return found
-
-
-def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    reader = tar.extractfile(member)
-    assert reader is not None, "regular members always have a file object"
-    return reader.read()
 
 
 def _index_sources(videos_uri: str) -> dict[str, VideoInput | VideoError]:

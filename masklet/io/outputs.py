@@ -24,8 +24,8 @@ from masklet.io import layout, storage
 from masklet.io.layout import DONE_DIR, JOB_FILE, shard_files
 from masklet.io.schema import MaskletRecord, VideoRecord
 from masklet.io.sinks import ShardWriter, list_done
-from masklet.io.sources import TAR_STREAM_ERRORS, open_tar_stream
 from masklet.io.storage import RetryPolicy
+from masklet.io.tars import read_tar
 
 Transform = Callable[[str, list[MaskletRecord]], list[MaskletRecord]]
 _MASKLET_FIELDS = tuple(f.name for f in fields(MaskletRecord))
@@ -78,22 +78,16 @@ def iter_video_members(
 ) -> Iterator[tuple[str, str, bytes]]:
     """(video_key, extension, bytes) of each video in the shard's tar, streamed in tar order.
 
-    A damaged tar raises OSError naming it and where it broke, rather than ending early: a caller
-    would otherwise find its later videos missing with no cause given.
+    A damaged tar raises `TarDamaged` (an OSError) naming it and where it broke, rather than ending
+    early: a caller would otherwise find its later videos missing with no cause given.
     """
     uri = storage.join(root, shard_files(shard_id)["wds"])
     fs, path = storage.url_to_fs(uri)
-    last = None
-    try:
-        with storage.call("open", uri, fs.open, path, "rb", retry=retry) as f, open_tar_stream(f) as tar:
-            for member in tar:
-                last = member.name
-                key, _, ext = member.name.partition(".")
-                if member.isfile() and ext != "json":
-                    yield key, ext, tar.extractfile(member).read()
-    except TAR_STREAM_ERRORS as exc:
-        where = f"after member {last!r}" if last else "at its start"
-        raise OSError(f"{uri} is truncated or corrupt {where}: {exc}") from exc
+    with storage.call("open", uri, fs.open, path, "rb", retry=retry) as f:
+        for member in read_tar(f, uri):
+            key, _, ext = member.name.partition(".")
+            if not member.refused and ext != "json":
+                yield key, ext, member.read()
 
 
 def derived_job(source: Mapping[str, Any] | None, in_root: str, derivation: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from different shards concatenable without dictionary unification.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -19,12 +18,27 @@ import pyarrow as pa
 
 from masklet.io import rle
 from masklet.io.rle import RLE
+from masklet.io.tars import MAX_KEY_LENGTH, is_safe_key
 
 SCHEMA_VERSION = 1
 SOURCES = ("auto", "prompt")
 STATUSES = ("ok", "error")
-MAX_KEY_LEN = 90  # "{key}.webm" fits a plain USTAR member name (100 bytes)
-_SAFE_KEY = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_KEY_LEN}}}")
+
+# why a masklet is not kept (`reject_reason`, the class before any ":detail"): the filters' reasons in
+# the order masklet.pipelines.filters checks them, then what sampling leaves out
+FILTER_REASONS = (
+    "never_visible",
+    "too_few_visible_frames",
+    "low_stability",
+    "low_pred_iou",
+    "low_object_score",
+    "too_small",
+    "too_large",
+    "too_many_visibility_changes",
+    "duplicate_of",
+)
+NOT_SAMPLED = "not_sampled"
+REJECT_REASONS = (*FILTER_REASONS, NOT_SAMPLED)
 
 MASKLETS_SCHEMA = pa.schema(
     [
@@ -81,11 +95,6 @@ VIDEOS_SCHEMA = pa.schema(
     ],
     metadata={"masklet.table": "videos", "masklet.schema_version": str(SCHEMA_VERSION)},
 )
-
-
-def is_safe_key(key: str) -> bool:
-    """Whether a key can name tar members (WebDataset cuts names at the first dot and at slashes)."""
-    return _SAFE_KEY.fullmatch(key) is not None
 
 
 @dataclass
@@ -191,6 +200,10 @@ class MaskletRecord:
         empty = empty_counts(self.height, self.width)
         return [{"size": [self.height, self.width], "counts": c or empty} for c in self.rle]
 
+    def masks(self) -> np.ndarray:
+        """The masks decoded, bool [frames, height, width] (frame t is video frame `frame_indices[t]`)."""
+        return rle.decode_batch(self.rles())
+
 
 @dataclass
 class VideoRecord:
@@ -221,7 +234,7 @@ class VideoRecord:
         if not is_safe_key(self.video_key):
             raise ValueError(
                 f"video_key {self.video_key!r} (of {self.original_key!r}) is not tar-safe: "
-                f"[A-Za-z0-9_-], 1 to {MAX_KEY_LEN} characters; see masklet.io.sources.sanitize_key"
+                f"[A-Za-z0-9_-], 1 to {MAX_KEY_LENGTH} characters; see masklet.io.tars.sanitize_key"
             )
         if self.status not in STATUSES:
             raise ValueError(f"video status must be one of {STATUSES}, got {self.status!r}")

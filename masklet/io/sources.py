@@ -31,7 +31,7 @@ Where each problem is caught:
   without a video, a duplicate key, a manifest row without a uri or not parseable, a frame
   folder without frames or with a gap in its frame numbers. A tar that breaks mid-stream ends the
   shard with a VideoError keyed by the shard id, after every sample read before the break: a member
-  cut short, and (see open_tar_stream) a corrupt or cut header or an end that is not two zero blocks.
+  cut short, and (see masklet.io.tars) a corrupt or cut header or an end that is not two zero blocks.
 - VideoInput.open (worker): a uri that cannot be read (missing, denied, unreachable), then
   everything masklet.io.video checks on open -> VideoDecodeError; while iterating, decode errors
   -> VideoDecodeError. `VideoInput.error(exc.reason)` turns either into a VideoError.
@@ -40,17 +40,14 @@ Where each problem is caught:
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import posixpath
 import re
-import tarfile
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import fsspec
 import pyarrow.parquet as pq
@@ -58,14 +55,13 @@ from braceexpand import braceexpand
 
 from masklet.config import SourceConfig
 from masklet.io.storage import is_local, url_to_fs, where_relative
+from masklet.io.tars import TarDamaged, read_tar, sanitize_key
 from masklet.io.video import FrameFiles, VideoDecodeError, VideoStream, open_video
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi")
 MANIFEST_EXTENSIONS = ("parquet", "csv", "jsonl")
 FRAME_EXTENSIONS = ("jpg", "jpeg")
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
-MAX_KEY_LENGTH = 80  # {key}.prompts.json then fits the 100-character name of a plain ustar header
-_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -144,15 +140,6 @@ class VideoInput:
 
     def error(self, reason: str) -> VideoError:
         return VideoError(self.key, self.source_uri, reason, self.original_key)
-
-
-def sanitize_key(original: str) -> str:
-    """A tar-safe key: [A-Za-z0-9_-] only, at most MAX_KEY_LENGTH, hashed when it had to change."""
-    safe = _UNSAFE_KEY_CHARS.sub("_", original)
-    if safe == original and 0 < len(safe) <= MAX_KEY_LENGTH:
-        return safe
-    digest = hashlib.sha1(original.encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    return f"{safe[: MAX_KEY_LENGTH - 9]}-{digest}"
 
 
 # ---- listing ----
@@ -295,103 +282,41 @@ class _Sample:
     video: tuple[str, str, bytes] | None = None  # member name, extension, bytes
 
 
-# what reading a tar from `open_tar_stream` raises when the archive (or its compression) is damaged
-TAR_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error)
-
-
-def open_tar_stream(f: BinaryIO) -> tarfile.TarFile:
-    """A tar (compressed or not) read front to back, never seeking, as object stores serve it.
-
-    Stream-mode tarfile takes a corrupt or cut header after the first for the end of the archive and
-    stops without an error, so every later sample would vanish unseen; here that raises ReadError.
-    """
-    return tarfile.open(fileobj=f, mode="r|*", tarinfo=_CheckedTarInfo)
-
-
-class _CheckedTarInfo(tarfile.TarInfo):
-    """Raises ReadError where tarfile would end quietly: the archive must end in two zero blocks.
-    Byte offsets in its errors count in the tar, after any decompression."""
-
-    @classmethod
-    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
-        at = f"at byte {tar.offset} (member {len(tar.members) + 1})"
-        try:
-            return super().fromtarfile(tar)
-        except tarfile.EOFHeaderError:
-            if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
-                reason = f"a zero block {at} is not followed by a second one: a header was zeroed or the end cut"
-                raise tarfile.ReadError(reason) from None
-            raise
-        except tarfile.HeaderError as exc:
-            if tar.offset == 0:  # tarfile reports a bad first header itself ("empty file", ...)
-                raise
-            reason = _HEADER_PROBLEMS.get(type(exc), "corrupt header {at}: {exc}")
-            raise tarfile.ReadError(reason.format(at=at, exc=exc)) from None
-
-
-_HEADER_PROBLEMS = {
-    tarfile.EmptyHeaderError: "the tar ends {at} without its two end-of-archive zero blocks",
-    tarfile.TruncatedHeaderError: "the tar ends inside the header {at}",
-}
-
-
 def _tar_samples(shard: Shard) -> Iterator[VideoInput | VideoError]:
     current = _Sample(None)
-    last_member = None
     try:
-        with fsspec.open(shard.uri, "rb") as f, open_tar_stream(f) as tar:
-            for member in tar:
-                last_member = name = member.name
-                if member.isdir():
-                    continue
-                refused = _refuse_member(member)
-                ext = None if refused else _video_extension(name)
+        with fsspec.open(shard.uri, "rb") as f:
+            for member in read_tar(f, shard.uri):
+                name = member.name
+                ext = None if member.refused else _video_extension(name)
                 belongs = ext is None and current.key is not None and name.startswith(current.key + ".")
                 if current.video is not None and not belongs:
                     yield _finish(shard, current)
                     current = _Sample(None)
-                if refused:
-                    yield _member_error(shard, name, refused)
+                if member.refused:
+                    yield _member_error(shard, name, member.refused)
                 elif ext is not None:
                     key = name[: -len(ext) - 1]
                     yield from _orphans(shard, current, key)
-                    current = _Sample(key, current.members, (name, ext, _read_member(tar, member)))
+                    current = _Sample(key, current.members, (name, ext, member.read()))
                 elif belongs:
-                    current.members[name[len(current.key) + 1 :]] = _read_member(tar, member)
+                    current.members[name[len(current.key) + 1 :]] = member.read()
                 else:
                     if current.members and _group(name) != _group(next(iter(current.members))):
                         yield from _orphans(shard, current, None)
-                    current.members[name] = _read_member(tar, member)
-    except TAR_STREAM_ERRORS as exc:
+                    current.members[name] = member.read()
+    except TarDamaged as exc:
         yield from _flush(shard, current)
-        where = f"at or after member {last_member!r}" if last_member else "at its start"
-        reason = f"the tar shard is truncated or corrupt {where}: {exc}; samples after it are lost"
-        yield VideoError(sanitize_key(shard.id), shard.uri, reason, shard.id)
+        yield VideoError(sanitize_key(shard.id), shard.uri, f"{exc}; samples after it are lost", shard.id)
         return
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"shard {shard.uri} does not exist") from exc
     yield from _flush(shard, current)
 
 
-def _refuse_member(member: tarfile.TarInfo) -> str | None:
-    """Why a member must not be read, if it must not; directories are skipped before this."""
-    name = member.name
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in re.split(r"[/\\]", name):
-        return f"member name {name!r} is refused: absolute paths and '..' are not allowed in a shard"
-    if not member.isfile():
-        return f"member {name!r} is refused: it is a link or special file, not a regular file"
-    return None
-
-
 def _member_error(shard: Shard, name: str, reason: str) -> VideoError:
     """An error keyed by the member's whole name, made tar-safe like any key."""
     return VideoError(sanitize_key(name), f"{shard.uri}#{name}", reason, name)
-
-
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    f = tar.extractfile(member)
-    assert f is not None, "links and special members are refused before reading"
-    return f.read()
 
 
 def _video_extension(name: str) -> str | None:

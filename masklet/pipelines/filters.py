@@ -6,7 +6,8 @@ what the worker decided with the same thresholds. For that, every summary value 
 float32 the Parquet column stores (the threshold too: a mean stored as 0.9 passes
 `min_stability_mean=0.9`), and tube IoUs are built from integer pixel counts.
 
-A dropped masklet gets the first failing reason, checked in this order (`REASONS`):
+A dropped masklet gets the first failing reason, checked in this order (`FILTER_REASONS`, beside the
+output schema in masklet.io.schema):
 
 1. `never_visible`: no visible frame (only when `min_visible_frames` >= 1).
 2. `too_few_visible_frames`: `num_visible` < `min_visible_frames`.
@@ -36,18 +37,6 @@ import numpy as np
 from masklet.config import FiltersConfig
 from masklet.io import rle
 from masklet.io.schema import MaskletRecord
-
-REASONS = (
-    "never_visible",
-    "too_few_visible_frames",
-    "low_stability",
-    "low_pred_iou",
-    "low_object_score",
-    "too_small",
-    "too_large",
-    "too_many_visibility_changes",
-    "duplicate_of",
-)
 
 
 def _f32(value: float | None) -> float:

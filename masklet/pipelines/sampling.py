@@ -18,9 +18,8 @@ from typing import Literal
 
 import numpy as np
 
-from masklet.io.schema import MaskletRecord
+from masklet.io.schema import NOT_SAMPLED, MaskletRecord
 
-NOT_SAMPLED = "not_sampled"
 MaskletRef = tuple[str, str, int]  # (shard_id, video_key, masklet_id): unique across an output
 
 

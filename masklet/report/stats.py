@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from masklet.pipelines.filters import REASONS
+from masklet.io.schema import REJECT_REASONS
 
 # (column, axis label): the quality statistics a person tunes thresholds on
 HISTOGRAMS = (
@@ -55,7 +55,7 @@ def reason_class(reason: str) -> str:
 def funnel(masklets: pa.Table) -> Funnel:
     kept = masklets.column("kept").to_pylist()
     counts = Counter(reason_class(r) for r in masklets.column("reject_reason").to_pylist() if r is not None)
-    order = {name: i for i, name in enumerate(REASONS)}
+    order = {name: i for i, name in enumerate(REJECT_REASONS)}
     dropped = dict(sorted(counts.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
     return Funnel(produced=len(kept), dropped=dropped, kept=sum(kept))
 

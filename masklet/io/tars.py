@@ -1,0 +1,133 @@
+"""Tar shards, read one way: member names checked, keys made tar-safe, damage reported, never silence.
+
+Every tar masklet reads (input shards, annotation tars, output tars) goes through `read_tar`: the tar
+is streamed front to back, never seeking, as object stores serve it; a member with an absolute or
+`..` name, or a link or special file, is refused with a reason; a corrupt or cut archive raises
+`TarDamaged` naming the tar and where it broke, instead of ending quietly (stream-mode tarfile takes
+a bad header for the end of the archive, so every later sample would vanish unseen).
+
+Keys (`{key}.mp4`, `{key}.json`, ...) follow one rule everywhere: `[A-Za-z0-9_-]`, 1 to
+`MAX_KEY_LENGTH` characters, so that `{key}.prompts.json` fits the 100-byte name of a plain ustar
+header; `sanitize_key` makes any name so, hashing it when it had to change it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+MAX_KEY_LENGTH = 80
+_SAFE_KEY = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_KEY_LENGTH}}}")
+_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+# what reading a tar from `_open_tar_stream` raises when the archive (or its compression) is damaged
+_TAR_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error)
+
+
+class TarDamaged(OSError):
+    """A tar that is truncated or corrupt: the message names it and the last member read before the break."""
+
+
+def is_safe_key(key: str) -> bool:
+    """Whether a key can name tar members (WebDataset cuts names at the first dot and at slashes)."""
+    return _SAFE_KEY.fullmatch(key) is not None
+
+
+def sanitize_key(original: str) -> str:
+    """A tar-safe key: [A-Za-z0-9_-] only, at most MAX_KEY_LENGTH, hashed when it had to change."""
+    safe = _UNSAFE_KEY_CHARS.sub("_", original)
+    if safe == original and 0 < len(safe) <= MAX_KEY_LENGTH:
+        return safe
+    digest = hashlib.sha1(original.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe[: MAX_KEY_LENGTH - 9]}-{digest}"
+
+
+@dataclass
+class TarMember:
+    """One member of a tar being read: its name, why it is refused (None: a safe regular file), its bytes."""
+
+    name: str
+    refused: str | None
+    read: Callable[[], bytes]
+
+
+def read_tar(f: BinaryIO, uri: str) -> Iterator[TarMember]:
+    """The members of the tar in `f` (compressed or not), in order, directories left out.
+
+    Raises `TarDamaged` at the break of a truncated or corrupt tar, after the members before it.
+    """
+    last = None
+    try:
+        with _open_tar_stream(f) as tar:
+            for member in tar:
+                if member.isdir():
+                    continue
+                last = member.name
+                yield TarMember(member.name, _refusal(member), _reader(tar, member, uri))
+    except _TAR_STREAM_ERRORS as exc:
+        raise _damaged(uri, last, exc) from exc
+
+
+def _damaged(uri: str, last: str | None, exc: BaseException) -> TarDamaged:
+    where = f"at or after member {last!r}" if last else "at its start"
+    return TarDamaged(f"the tar {uri} is truncated or corrupt {where}: {exc}")
+
+
+@contextmanager
+def _open_tar_stream(f: BinaryIO) -> Iterator[tarfile.TarFile]:
+    """A tar read front to back with `_CheckedTarInfo`: damage raises ReadError instead of ending it."""
+    with tarfile.open(fileobj=f, mode="r|*", tarinfo=_CheckedTarInfo) as tar:
+        yield tar
+
+
+def _refusal(member: tarfile.TarInfo) -> str | None:
+    name = member.name
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in re.split(r"[/\\]", name):
+        return f"member name {name!r} is refused: absolute paths and '..' are not allowed in a shard"
+    if not member.isfile():
+        return f"member {name!r} is refused: it is a link or special file, not a regular file"
+    return None
+
+
+def _reader(tar: tarfile.TarFile, member: tarfile.TarInfo, uri: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        f = tar.extractfile(member)
+        assert f is not None, "refused members (links, special files) are never read"
+        try:
+            return f.read()
+        except _TAR_STREAM_ERRORS as exc:
+            raise _damaged(uri, member.name, exc) from exc
+
+    return read
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """Raises ReadError where tarfile would end quietly: the archive must end in two zero blocks.
+    Byte offsets in its errors count in the tar, after any decompression."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        at = f"at byte {tar.offset} (member {len(tar.members) + 1})"
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:
+            if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+                reason = f"a zero block {at} is not followed by a second one: a header was zeroed or the end cut"
+                raise tarfile.ReadError(reason) from None
+            raise
+        except tarfile.HeaderError as exc:
+            if tar.offset == 0:  # tarfile reports a bad first header itself ("empty file", ...)
+                raise
+            reason = _HEADER_PROBLEMS.get(type(exc), "corrupt header {at}: {exc}")
+            raise tarfile.ReadError(reason.format(at=at, exc=exc)) from None
+
+
+_HEADER_PROBLEMS = {
+    tarfile.EmptyHeaderError: "the tar ends {at} without its two end-of-archive zero blocks",
+    tarfile.TruncatedHeaderError: "the tar ends inside the header {at}",
+}
