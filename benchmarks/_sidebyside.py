@@ -1,9 +1,11 @@
 """Shared pieces of the benchmarks against the official `sam2` package (never imported by masklet).
 
-- `official_weights`: an official SAM 2.1 model built with `build_sam2` (or the video builder) from its
-  packaged config and no checkpoint, then given seeded random weights with the recipe of
-  tests/parity/make_fixtures.py (without its object-score calibration). Its state dict is what both
-  sides load: the official model with `load_state_dict`, ours strictly through `masklet.model`.
+- `official_weights`: an official SAM 2.1 model (tiny, or `size` b_plus) built with `build_sam2` (or the
+  video builder) from its packaged config and no checkpoint, then given seeded random weights with the
+  recipe of tests/parity/make_fixtures.py (without its object-score calibration). Its state dict is what
+  both sides load: the official model with `load_state_dict`, ours strictly through `masklet.model`.
+- `scene_video`: the synthetic test video as an MP4 both sides decode with decord (the official
+  predictor's loader for video files, masklet's first decoder).
 - `run_worker`: each measured configuration runs in a fresh subprocess (the same script with
   `--worker`), so that `ru_maxrss` is the peak of that configuration alone. Both packages are imported
   by every process (the script imports both at the top), so import costs are the same on both sides.
@@ -26,44 +28,69 @@ for _path in (ROOT, os.path.join(ROOT, "tests", "parity")):  # masklet, and make
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-OFFICIAL_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
-OUR_PRESET = "sam2.1_hiera_t"
+OFFICIAL_CONFIGS = {"t": "configs/sam2.1/sam2.1_hiera_t.yaml", "b_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml"}
+VIDEO_SIZE = (640, 480)  # width, height of the synthetic test video
 
 
-def build_official(kind: str, image_size: int, device: str = "cpu") -> torch.nn.Module:
-    """The official tiny SAM 2.1 without a checkpoint: kind "image" (`build_sam2`) or "video"
-    (`build_sam2_video_predictor`), at `image_size`, in eval mode."""
+def build_official(
+    kind: str, image_size: int, device: str = "cpu", size: str = "t", vos_optimized: bool = False
+) -> torch.nn.Module:
+    """The official SAM 2.1 of `size` without a checkpoint: kind "image" (`build_sam2`) or "video"
+    (`build_sam2_video_predictor`, `vos_optimized`: its torch.compile'd predictor), at `image_size`, in
+    eval mode."""
     from sam2.build_sam import build_sam2, build_sam2_video_predictor
 
     overrides = [] if image_size == 1024 else [f"++model.image_size={image_size}"]
-    builder = build_sam2 if kind == "image" else build_sam2_video_predictor
-    return builder(OFFICIAL_CONFIG, ckpt_path=None, device=device, mode="eval", hydra_overrides_extra=overrides)
+    config = OFFICIAL_CONFIGS[size]
+    if kind == "image":
+        return build_sam2(config, ckpt_path=None, device=device, mode="eval", hydra_overrides_extra=overrides)
+    return build_sam2_video_predictor(
+        config, ckpt_path=None, device=device, mode="eval", hydra_overrides_extra=overrides, vos_optimized=vos_optimized
+    )
 
 
 @torch.no_grad()
-def official_weights(seed: int, image_size: int) -> dict[str, torch.Tensor]:
-    """Seeded random weights of the official tiny model (make_fixtures.py's recipe), on CPU, fp32."""
+def official_weights(seed: int, image_size: int, size: str = "t") -> dict[str, torch.Tensor]:
+    """Seeded random weights of the official model (make_fixtures.py's recipe), on CPU, fp32."""
     from make_fixtures import randomize_
 
     torch.manual_seed(seed)
-    model = build_official("image", image_size)
+    model = build_official("image", image_size, size=size)
     randomize_(model, seed)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def load_official(kind: str, state_path: str, image_size: int, device: str) -> torch.nn.Module:
-    model = build_official(kind, image_size, device)
+def load_official(
+    kind: str, state_path: str, image_size: int, device: str, size: str = "t", vos_optimized: bool = False
+) -> torch.nn.Module:
+    model = build_official(kind, image_size, device, size, vos_optimized)
     model.load_state_dict(torch.load(state_path, weights_only=True), strict=True)
     return model.eval()
 
 
-def load_ours(state_path: str, image_size: int, device: str) -> torch.nn.Module:
+def load_ours(state_path: str, image_size: int, device: str, size: str = "t") -> torch.nn.Module:
     """Ours, loaded strictly from the official state dict (as `load_weights` does)."""
     from masklet.model import build_model
 
-    model = build_model(OUR_PRESET, image_size=image_size, device=device)
+    model = build_model(f"sam2.1_hiera_{size}", image_size=image_size, device=device)
     model.load_state_dict(torch.load(state_path, weights_only=True, map_location=device), strict=True)
     return model.eval()
+
+
+def scene_video(folder: str, frames: int) -> str:
+    """`folder/scene-{frames}f.mp4`, the synthetic video (`masklet.synth.scene`, H.264), written if missing:
+    benchmarks/gpu/prepare.py writes them ahead for a machine without PyAV."""
+    path = os.path.join(folder, f"scene-{frames}f.mp4")
+    if not os.path.exists(path):
+        from masklet.io.video_writer import encode_mp4
+        from masklet.synth.scene import make_scene
+
+        width, height = VIDEO_SIZE
+        scene = make_scene(0, 0, width=width, height=height, frames=frames)
+        data = encode_mp4((scene.render(t).rgb for t in range(frames)), fps=24.0)
+        with open(path, "wb") as f:
+            f.write(data)
+    return path
 
 
 def peak_rss_mb() -> float:

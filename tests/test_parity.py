@@ -84,8 +84,9 @@ def video_frames() -> Tensor:
 
 
 def max_diff(a: Tensor, b: Tensor) -> float:
+    """Largest absolute difference, on the CPU (benchmarks/gpu replays on CUDA with these helpers)."""
     assert a.shape == b.shape, f"shape {tuple(a.shape)} != {tuple(b.shape)}"
-    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+    return (a.double().cpu() - b.double().cpu()).abs().max().item() if a.numel() else 0.0
 
 
 @pytest.mark.parametrize("flag_set", FLAG_SETS)
@@ -196,7 +197,7 @@ def replay(
         assert inject is not None and masks.shape[0] == len(tracker.obj_ids), "one call for every object"
         _, pos = encode(features, masks, scores, from_points)
         keys = [(obj_id, tracker.frame_index) for obj_id in tracker.obj_ids]
-        return torch.cat([inject[k]["maskmem_features"] for k in keys]).float(), pos
+        return torch.cat([inject[k]["maskmem_features"] for k in keys]).to(pos.device, torch.float32), pos
 
     if inject is not None:
         m.encode_memory = encode_official  # type: ignore[method-assign]
@@ -236,7 +237,7 @@ def check(ours: dict[Key, dict[str, Tensor]], theirs: dict[Key, dict[str, Tensor
         a, b = ours[key], theirs[key]
         where = f"object {key[0]} on frame {key[1]}"
         if masks:
-            assert torch.equal(a["low_res_logits"] > 0, b["low_res_logits"] > 0), f"masks differ: {where}"
+            assert torch.equal(a["low_res_logits"].cpu() > 0, b["low_res_logits"] > 0), f"masks differ: {where}"
         for k in FIELDS:
             assert max_diff(a[k], b[k]) <= atol, f"{k} of {where}: {max_diff(a[k], b[k]):.3g}"
 

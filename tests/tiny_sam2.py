@@ -39,6 +39,12 @@ def tiny_model(apply_postprocessing: bool = True, seed: int = 0) -> SAM2Model:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_model(TINY, apply_postprocessing=apply_postprocessing)
+    return randomize_(model, seed)
+
+
+def randomize_(model: SAM2Model, seed: int = 0) -> SAM2Model:
+    """Overwrite every parameter in place with seeded unit-variance values, output heads scaled up:
+    any preset then gives confident masks and objects that come and go (benchmarks/gpu uses it too)."""
     gen = torch.Generator().manual_seed(seed)
     norms = {id(m.weight) for m in model.modules() if isinstance(m, (nn.LayerNorm, LayerNorm2d))}
     with torch.no_grad():
