@@ -38,7 +38,6 @@ from masklet.jobs.shard import process_shard
 from masklet.model.device import resolve_device
 from masklet.pipelines.contract import VideoPipeline, make_pipeline
 from masklet.pipelines.model_loading import load_model
-from masklet.synth.corpus import write_corpus
 
 
 @dataclass
@@ -154,6 +153,8 @@ def main() -> None:
         root = Path(tmp)
         corpus = args.corpus
         if corpus is None:
+            from masklet.synth.corpus import write_corpus  # encodes with PyAV, which a GPU machine may lack
+
             write_corpus(
                 str(root / "corpus"), videos=args.videos, per_shard=args.per_shard, seed=0,
                 width=width, height=height, frames=args.frames, fps=24.0,

@@ -14,6 +14,7 @@ device tool takes 64 MiB with the working tree).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ OUT = os.path.join(ROOT, ".gpucheck")
 MASKLET_NEEDS = ("pydantic", "pydantic_core", "annotated-types", "typing-inspection", "decord", "pycocotools")
 MASKLET_NEEDS += ("braceexpand",)
 # the official package for the side-by-side rows, and what it needs beyond the image
-OFFICIAL_WHEELS = ("hydra-core==1.3.2", "omegaconf==2.3.0")
+OFFICIAL_WHEELS = ("hydra-core==1.3.8", "omegaconf==2.3.1")  # hydra < 1.3.3 needs pkg_resources
 OFFICIAL_SDISTS = ("antlr4-python3-runtime==4.9.3", "iopath==0.1.10", "sam2==1.1.0")
 PLATFORM = ["--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:"]
 PLATFORM += [f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")]
@@ -51,7 +52,8 @@ def pip(*args: str) -> None:
 
 def main() -> None:
     wheels = os.path.join(OUT, "wheels")
-    os.makedirs(wheels, exist_ok=True)
+    shutil.rmtree(wheels, ignore_errors=True)  # one version of each: the device's pip refuses two
+    os.makedirs(wheels)
     pip("download", "-q", "--no-deps", "-d", wheels, *PLATFORM, *pinned(MASKLET_NEEDS), *OFFICIAL_WHEELS)
     with tempfile.TemporaryDirectory() as sdists:
         pip("download", "-q", "--no-deps", "--no-binary=:all:", "--no-build-isolation", "-d", sdists, *OFFICIAL_SDISTS)
