@@ -19,6 +19,8 @@ from masklet.io import storage
 JOB_FILE = "job.json"
 PROGRESS_FILE = "progress.json"
 DONE_DIR = "_done"
+SHARD_DIRS = {"masklets": "masklets", "videos": "videos", "wds": "wds", "done": DONE_DIR}
+_SUFFIXES = {"masklets": ".parquet", "videos": ".parquet", "wds": ".tar", "done": ".json"}
 # Hidden names ('.', '_') are skipped by pyarrow.dataset, so a shard id may not start with one.
 SHARD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -32,12 +34,7 @@ def check_shard_id(shard_id: str) -> str:
 def shard_files(shard_id: str) -> dict[str, str]:
     """The paths of a shard's files relative to the output root, marker included."""
     check_shard_id(shard_id)
-    return {
-        "masklets": f"masklets/{shard_id}.parquet",
-        "videos": f"videos/{shard_id}.parquet",
-        "wds": f"wds/{shard_id}.tar",
-        "done": f"{DONE_DIR}/{shard_id}.json",
-    }
+    return {kind: f"{folder}/{shard_id}{_SUFFIXES[kind]}" for kind, folder in SHARD_DIRS.items()}
 
 
 def read_json(root: str, name: str) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from masklet.config import JobConfig
 from masklet.io import storage
 from masklet.io.checkpoint_files import fetch
-from masklet.io.layout import JOB_FILE, PROGRESS_FILE
+from masklet.io.layout import JOB_FILE, PROGRESS_FILE, SHARD_DIRS
 from masklet.io.sinks import list_done
 from masklet.io.sources import Shard, list_shards
 from masklet.jobs.cluster import Cluster, Layout, connect, plan_layout
@@ -355,7 +355,7 @@ def print_summary(summary: JobSummary, out: TextIO, max_listed: int = 20) -> Non
     print(f"  frames:   {c['frames']} annotated frames, {summary.frames_per_second:.1f} frames/s", file=out)
     print(f"  masklets: {c['masklets_kept']} kept of {c['masklets']}", file=out)
     print(
-        f"  outputs:  {storage.join(uri, 'masklets')}, {storage.join(uri, 'videos')}, {storage.join(uri, 'wds')} "
+        f"  outputs:  {', '.join(storage.join(uri, SHARD_DIRS[k]) for k in ('masklets', 'videos', 'wds'))} "
         f"({PROGRESS_FILE}, {JOB_FILE})",
         file=out,
     )

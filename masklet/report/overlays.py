@@ -19,6 +19,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 from masklet.io import rle
+from masklet.io.layout import shard_files
 from masklet.io.outputs import iter_video_members
 from masklet.io.schema import MaskletRecord, VideoRecord
 from masklet.io.sources import ManifestRow, Shard, VideoInput, iter_videos
@@ -120,7 +121,7 @@ def _stream_from_output(root: str, shard_id: str, video: VideoRecord, options: d
         for key, _, data in members:
             if key == video.video_key:
                 return open_video(data, key=key, min_frames=1, **options)
-    raise FramesUnavailable(f"wds/{shard_id}.tar holds no video bytes for {video.video_key!r}")
+    raise FramesUnavailable(f"{shard_files(shard_id)['wds']} holds no video bytes for {video.video_key!r}")
 
 
 def _source_input(video: VideoRecord, source_format: str | None) -> VideoInput:
