@@ -39,6 +39,9 @@ PLACEMENT = (
     "workers.num_gpus",
     "workers.num_cpus",
     "workers.max_attempts",
+    "workers.min_count",
+    "workers.shard_timeout",
+    "workers.video_timeout",
     "source.prefetch_frames",
     "output.uri",
     "storage",
@@ -230,6 +233,18 @@ class WorkersConfig(Section):
     num_gpus: float | None = Field(default=None, ge=0, description="null: 1 where GPUs exist, else 0")
     num_cpus: float = Field(default=1.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, description="tries per shard before it is recorded as failed")
+    min_count: int | None = Field(
+        default=None, ge=1, description="workers the job must keep running; fewer at any time: exit code 3"
+    )
+    shard_timeout: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="seconds a shard may take before its worker is killed"
+    )
+    video_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds one video may take (or a worker may not answer) before the worker is killed as hung",
+    )
     pipeline: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",

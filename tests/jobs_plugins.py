@@ -93,3 +93,45 @@ def crash_always(config: Any, model: Any, device: Any) -> CrashingPipeline:
 
 def broken(config: Any, model: Any, device: Any) -> GroundTruthPipeline:
     raise RuntimeError("this pipeline cannot be built")
+
+
+class FaultyPipeline(GroundTruthPipeline):
+    """Faults of the machine, not of any video (tests/test_jobs_faults.py): `fault` is "sick" (this
+    process fails every video, as on a bad GPU), "oom" (out of memory on CRASH_KEY) or "hang" (CRASH_KEY
+    never finishes); each strikes the first process (or the first time) of an output root only."""
+
+    def __init__(self, fault: str, marker: Path) -> None:
+        self.fault, self.marker = fault, marker
+        self.sick = fault == "sick" and _claim(marker)
+
+    def __call__(self, video: VideoInput, frames: Any) -> list[MaskletRecord]:
+        if self.sick:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        if video.key == CRASH_KEY and self.fault in ("oom", "hang") and _claim(self.marker):
+            if self.fault == "oom":
+                import torch
+
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            time.sleep(3600)
+        return super().__call__(video, frames)
+
+
+def _claim(marker: Path) -> bool:
+    """True for the first caller only, across processes."""
+    try:
+        marker.open("x").close()
+    except FileExistsError:
+        return False
+    return True
+
+
+def sick(config: Any, model: Any, device: Any) -> FaultyPipeline:
+    return FaultyPipeline("sick", Path(config.output.uri).parent / "sick")
+
+
+def oom(config: Any, model: Any, device: Any) -> FaultyPipeline:
+    return FaultyPipeline("oom", Path(config.output.uri).parent / "oom")
+
+
+def hang(config: Any, model: Any, device: Any) -> FaultyPipeline:
+    return FaultyPipeline("hang", Path(config.output.uri).parent / "hang")

@@ -132,3 +132,29 @@ def test_light_imports(module: str, absent: tuple[str, ...]) -> None:
 def test_the_configs_model_names_are_the_models_presets() -> None:
     assert set(MODEL_PRESETS) == set(PRESETS) | set(OWN_PRESETS)
     assert set(OFFICIAL) == set(PRESETS) and set(PACKAGED) == set(OWN_PRESETS)  # each has its weights named
+
+
+def test_every_exception_of_masklet_survives_pickling() -> None:
+    """Exceptions cross the Ray boundary pickled: one that does not unpickle reaches the driver as
+    "Failed to deserialize exception", its type, message and URI lost."""
+    import importlib
+    import pickle
+
+    for name in MODULES:
+        if name != "masklet.__main__":  # runs the CLI
+            importlib.import_module(name)
+    classes = {c for c in _subclasses(BaseException) if c.__module__.startswith("masklet.")}
+    assert len(classes) > 10
+    samples = {
+        "StorageError": ("read s3://b/k failed", "s3://b/k", True),
+        "VideoDecodeError": ("clip", "the file is truncated"),
+        "PromptError": ("video 'v': bad box", "v", 3, 1),
+    }
+    for cls in classes:
+        exc = cls(*samples.get(cls.__name__, ("a message naming s3://b/k",)))
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is cls and str(back) == str(exc) and vars(back) == vars(exc), cls
+
+
+def _subclasses(cls: type) -> set[type]:
+    return {s for c in cls.__subclasses__() for s in (c, *_subclasses(c))}

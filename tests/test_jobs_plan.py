@@ -121,6 +121,7 @@ def test_progress_live_line_on_a_terminal_and_log_lines_elsewhere(tmp_path: Path
     assert "| 6 frames | videos 1 ok | masklets 1 kept of 2 | 0:00:00" in terminal.getvalue()
     progress.shard_done(_result("s1", "w0", frames=12, failed=1))
     progress.shard_failed("s2", 3, "worker w1 died")
+    progress.tick()  # shards moved: progress.json is rewritten
     assert "\rshard s2 failed after 3 attempt(s): worker w1 died\n" in terminal.getvalue()  # above the bar
     progress.close_line()
     assert terminal.getvalue().endswith("\n")

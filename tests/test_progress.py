@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from masklet.jobs.progress import Progress, Rates
+from masklet.jobs.progress import MAX_LISTED_SHARDS, SAVE_EVERY, Progress, Rates
 from masklet.jobs.shard import ShardResult
 
 
@@ -165,10 +165,11 @@ def test_progress_json_has_percent_recent_rates_and_eta(tmp_path: Path) -> None:
     progress.running = 1
     progress.tick()
     _work(progress, clock, until=120.0, fps=2.0)
-    progress.shard_done(_result("s0", frames=240, failed=1))  # saves
+    progress.shard_done(_result("s0", frames=240, failed=1))
+    progress.tick()  # shards moved, and nothing was saved since the start: saves
     saved = json.loads((tmp_path / "progress.json").read_text())
     keys = ["state", "run_id", "config_hash", "started_at", "updated_at", "elapsed_seconds", "percent", "shards"]
-    keys += ["videos", "frames", "frames_per_second", "recent", "eta_seconds", "eta_at", "masklets"]
+    keys += ["videos", "frames", "frames_per_second", "recent", "eta_seconds", "eta_at", "masklets", "workers"]
     assert list(saved) == [*keys, "failed_shards", "failed_videos"]
     assert (saved["state"], saved["elapsed_seconds"], saved["percent"]) == ("running", 120.0, 25.0)
     assert saved["shards"] == {"total": 4, "skipped": 0, "done": 1, "failed": 0, "running": 1, "pending": 2}
@@ -185,3 +186,22 @@ def test_progress_json_has_percent_recent_rates_and_eta(tmp_path: Path) -> None:
     progress.save("finished")
     saved = json.loads((tmp_path / "progress.json").read_text())
     assert (saved["state"], saved["percent"], saved["eta_seconds"]) == ("finished", 100.0, 0.0)
+
+
+def test_progress_json_is_rewritten_on_a_timer_with_its_lists_capped(tmp_path: Path) -> None:
+    """A job of many failing shards must not rewrite a growing file per shard (O(N^2) bytes)."""
+    clock = _Clock()
+    progress = _progress(tmp_path, clock, total=3000, skipped=0, window=60.0)
+    path = tmp_path / "progress.json"
+    for k in range(MAX_LISTED_SHARDS + 500):
+        progress.shard_failed(f"s{k}", 3, "worker died")
+        progress.tick()
+        if k == 0:
+            first = path.stat().st_mtime_ns
+    assert json.loads(path.read_text())["shards"]["failed"] == 1  # one save: the clock has not moved
+    assert path.stat().st_mtime_ns == first
+    clock.now += SAVE_EVERY
+    progress.tick()
+    saved = json.loads(path.read_text())
+    assert saved["shards"]["failed"] == MAX_LISTED_SHARDS + 500
+    assert len(saved["failed_shards"]) == MAX_LISTED_SHARDS

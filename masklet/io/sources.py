@@ -54,7 +54,8 @@ import pyarrow.parquet as pq
 from braceexpand import braceexpand
 
 from masklet.config import SourceConfig
-from masklet.io.storage import is_local, url_to_fs, where_relative
+from masklet.io import storage
+from masklet.io.storage import StorageError, is_local, url_to_fs, where_relative
 from masklet.io.tars import TarDamaged, read_tar, sanitize_key
 from masklet.io.video import FrameFiles, VideoDecodeError, VideoStream, open_video
 
@@ -114,20 +115,28 @@ class VideoInput:
     prompts: str | None = None
 
     def read_bytes(self) -> bytes:
-        """The encoded video; a uri is fetched (VideoDecodeError when it cannot be read)."""
+        """The encoded video; a uri is fetched through the storage layer's retries. A video that is
+        missing, denied or unreadable for good is a VideoDecodeError (the input's fault); a transient
+        fault that outlasts the retries is a StorageError (the machine's: the shard is retried)."""
         if isinstance(self.content, bytes):
             return self.content
         if isinstance(self.content, FrameFiles):
             raise TypeError(f"video {self.key!r} is a folder of frames, not an encoded file")
+        uri = self.content
         try:
-            with fsspec.open(self.content, "rb") as f:
-                return f.read()
-        except FileNotFoundError as exc:
-            raise VideoDecodeError(self.key, f"{self.content} does not exist") from exc
-        except PermissionError as exc:
-            raise VideoDecodeError(self.key, f"access to {self.content} is denied: {exc}") from exc
-        except Exception as exc:  # unreachable host, unknown protocol, ...: this video only, not the shard
-            raise VideoDecodeError(self.key, f"{self.content} cannot be read: {exc}") from exc
+            fs, path = url_to_fs(uri)
+            return storage.call("read", uri, fs.cat_file, path)
+        except StorageError as exc:
+            if exc.transient:
+                raise
+            cause = exc.__cause__
+            if isinstance(cause, FileNotFoundError):
+                raise VideoDecodeError(self.key, f"{uri} does not exist") from exc
+            if isinstance(cause, PermissionError):
+                raise VideoDecodeError(self.key, f"access to {uri} is denied: {cause}") from exc
+            raise VideoDecodeError(self.key, f"{uri} cannot be read: {cause}") from exc
+        except (ValueError, ImportError) as exc:  # an unknown protocol, a malformed URI
+            raise VideoDecodeError(self.key, f"{uri} cannot be read: {exc}") from exc
 
     def open(
         self, *, fps: float | None, max_frames: int | None = None, prefetch_frames: int = 16, min_frames: int = 2

@@ -69,18 +69,23 @@ class StorageError(OSError):
         self.uri = uri
         self.transient = transient
 
+    def __reduce__(self) -> tuple:  # crosses the Ray boundary whole (OSError's pickling drops the fields)
+        return (type(self), (str(self), self.uri, self.transient))
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently transient storage errors are retried.
 
     Attempt k (k >= 1) that fails transiently waits min(max_delay, base_delay * 2**(k-1)) scaled
-    by a random factor in [0.5, 1], so many workers hitting one throttled bucket spread out.
+    by a random factor in [0.5, 1], so many workers hitting one throttled bucket spread out. No
+    attempt starts `deadline` seconds after the first: slow failures (timeouts) end in minutes.
     """
 
     attempts: int = 5
     base_delay: float = 0.5
     max_delay: float = 20.0
+    deadline: float = 180.0
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.base_delay < 0 or self.max_delay < 0:
@@ -154,7 +159,7 @@ def _hint(exc: BaseException) -> str:
 def call(op: str, uri: str, fn: Callable[..., T], *args: Any, retry: RetryPolicy | None = None, **kwargs: Any) -> T:
     """Run a storage call, retrying transient errors; fail with a StorageError naming `uri`."""
     policy = retry or DEFAULT_RETRY
-    attempt = 0
+    attempt, start = 0, time.monotonic()
     while True:
         attempt += 1
         try:
@@ -164,11 +169,11 @@ def call(op: str, uri: str, fn: Callable[..., T], *args: Any, retry: RetryPolicy
             reason = f"{type(exc).__name__}: {exc}"
             if not transient:
                 raise StorageError(f"{op} {uri} failed: {reason}{_hint(exc)}", uri, False) from exc
-            if attempt == policy.attempts:
+            wait = policy.delay(attempt)
+            if attempt == policy.attempts or time.monotonic() - start + wait > policy.deadline:
                 raise StorageError(
                     f"{op} {uri} failed after {attempt} attempts, last error transient: {reason}", uri, True
                 ) from exc
-            wait = policy.delay(attempt)
             log.warning(
                 "%s %s: transient error (%s), retry %d/%d in %.1fs", op, uri, reason, attempt, policy.attempts - 1, wait
             )
@@ -183,6 +188,29 @@ def configure(options: Mapping[str, Mapping[str, Any]]) -> None:
     """
     for protocol, kwargs in options.items():
         fsspec.config.conf.setdefault(protocol, {}).update(kwargs)
+
+
+def _time_limits() -> dict[str, dict[str, Any]]:
+    """Connect and read timeouts for every remote call, so an endpoint that accepts connections and
+    never answers fails the call (then `call` retries it) instead of hanging the job. Each library's
+    botocore's own retries are cut to one, as s3fs and `call` retry: a black-hole endpoint fails a call
+    within minutes (`RetryPolicy.deadline`), not hours."""
+    limits: dict[str, dict[str, Any]] = {
+        "s3": {"config_kwargs": {"connect_timeout": 10, "read_timeout": 20, "retries": {"max_attempts": 1}}}
+    }
+    with contextlib.suppress(ImportError):
+        import aiohttp
+
+        limits["http"] = limits["https"] = {
+            "client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)}
+        }
+    return limits
+
+
+# applied once, where nothing was set: the storage section of a config, or a user's own fsspec settings, win
+for _protocol, _defaults in _time_limits().items():
+    for _key, _value in _defaults.items():
+        fsspec.config.conf.setdefault(_protocol, {}).setdefault(_key, _value)
 
 
 def url_to_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:

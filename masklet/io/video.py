@@ -87,6 +87,9 @@ class VideoDecodeError(InputError):
         self.key = key
         self.reason = reason
 
+    def __reduce__(self) -> tuple:  # crosses process boundaries whole
+        return (type(self), (self.key, self.reason))
+
 
 @dataclass(frozen=True)
 class Frame:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def connect(config: RayConfig) -> Iterator[Cluster]:
     import ray
 
     if ray.is_initialized():
-        yield _describe(embedded=False, how="the Ray this process is connected to", url=None)
+        yield describe_cluster(embedded=False, how="the Ray this process is connected to", url=None)
         return
     if config.address is None:
         notice = logging.getLogger(TOKEN_AUTH_LOGGER)
@@ -92,16 +93,37 @@ def connect(config: RayConfig) -> Iterator[Cluster]:
             )
         how = f"embedded Ray on {LOOPBACK}"
     else:
+        reachable(config.address)
         context = ray.init(address=config.address)
         how = f"Ray cluster at {config.address}"
     url = context.dashboard_url or None
     try:
-        yield _describe(embedded=config.address is None, how=how, url=f"http://{url}" if url else None)
+        yield describe_cluster(embedded=config.address is None, how=how, url=f"http://{url}" if url else None)
     finally:
         ray.shutdown()
 
 
-def _describe(*, embedded: bool, how: str, url: str | None) -> Cluster:
+CONNECT_TIMEOUT = 10.0  # seconds to reach a cluster's address before the job is refused
+
+
+def reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Refuse, naming the address, a `ray.address` that does not answer: Ray itself waits for minutes.
+    `auto` (the cluster this node is part of) is left to Ray."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"ray.address {address!r} is not 'auto', HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at ray.address={address!r} in {timeout:g} s: {exc}") from exc
+
+
+def describe_cluster(*, embedded: bool = False, how: str = "", url: str | None = None) -> Cluster:
+    """The Ray this process is connected to, its CPUs and GPUs as they are now."""
     import ray
 
     resources = {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}

@@ -10,11 +10,11 @@ failed while the job goes on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -27,13 +27,12 @@ from masklet.io.checkpoint_files import fetch
 from masklet.io.layout import JOB_FILE, PROGRESS_FILE, SHARD_DIRS
 from masklet.io.sinks import list_done
 from masklet.io.sources import Shard, list_shards
-from masklet.jobs.cluster import Cluster, Layout, connect, plan_layout
+from masklet.jobs.cluster import Cluster, Layout, connect, describe_cluster, plan_layout
 from masklet.jobs.job_record import JobRecord, claim_output
 from masklet.jobs.progress import FailedShard, Progress
+from masklet.jobs.scheduler import AttemptFailed, Limits, Scheduler, WorkerLost
 from masklet.jobs.worker import ShardWorker
 from masklet.pipelines.contract import factory_path, load_factory
-
-POLL_SECONDS = 1.0
 
 
 class JobSetupError(ValueError):
@@ -92,12 +91,19 @@ class JobSummary:
     seconds: float = 0.0
     frames_per_second: float = 0.0
     setup_error: str | None = None
+    workers: dict[str, int] = field(default_factory=dict)  # requested, running, lost, restarts
+    below_minimum: str | None = None  # why the job ran with fewer workers than workers.min_count
 
     @property
     def exit_code(self) -> int:
         if self.setup_error and not self.done:
             return 2
-        return 1 if self.failed or self.counts.get("videos_error") else 0
+        if self.failed or self.counts.get("videos_error"):
+            return 1
+        return EXIT_BELOW_MINIMUM if self.below_minimum else 0
+
+
+EXIT_BELOW_MINIMUM = 3
 
 
 def run_job(
@@ -118,13 +124,18 @@ def run_job(
         print(f"nothing to do: all {len(plan.shards)} shards are done in {config.output.uri}", file=out)
         return JobSummary(config.output.uri, len(plan.shards), len(plan.done), 0)
     run_id = uuid.uuid4().hex[:12]
+    workers = config.workers
     with connect(config.ray) as cluster:
-        layout = plan_layout(config.workers, cluster, len(todo))
+        layout = plan_layout(workers, cluster, len(todo))
         _print_cluster(cluster, layout, out)
         progress = Progress(
             config.output.uri, run_id, plan.record.config_hash, len(plan.shards), len(plan.done), err, log_every
         )
-        scheduler = _Scheduler(plan, layout, progress, run_id)
+        limits = Limits(
+            max_attempts=workers.max_attempts, shard_timeout=workers.shard_timeout, video_timeout=workers.video_timeout
+        )
+        backend = RayBackend(plan, layout, run_id, len(todo))
+        scheduler = Scheduler(backend, progress, layout.count, limits, grow=workers.count is None)
         try:
             scheduler.run(todo)
         except BaseException:
@@ -135,6 +146,9 @@ def run_job(
             scheduler.stop()
         progress.close_line()
         progress.save("failed" if progress.failed else "finished")
+    below, fewest = None, scheduler.min_live or 0
+    if workers.min_count is not None and fewest < workers.min_count:
+        below = f"at times only {fewest} worker(s) ran, fewer than workers.min_count={workers.min_count}"
     summary = JobSummary(
         config.output.uri,
         len(plan.shards),
@@ -146,151 +160,75 @@ def run_job(
         progress.elapsed(),
         progress.fps(),
         scheduler.setup_error,
+        scheduler.workers(),
+        below,
     )
     print_summary(summary, out)
     return summary
 
 
-@dataclass
-class _Slot:
-    """One worker position; its actor is replaced when it dies."""
+class RayBackend:
+    """The scheduler's workers as Ray actors: one `ShardWorker` each, `process` calls queued in the actor
+    (concurrency 1) while `ready` and `poll` answer from a group of their own."""
 
-    index: int
-    generation: int = 0
-    actor: Any = None
-    ready: bool = False
-    task: tuple[Shard, int] | None = None  # (shard, attempt) in hand
-
-    @property
-    def name(self) -> str:
-        return f"w{self.index}" + (f".{self.generation}" if self.generation else "")
-
-
-class _Scheduler:
-    """The dynamic queue: ray.wait on readiness, shard and progress calls, one event at a time."""
-
-    def __init__(self, plan: JobPlan, layout: Layout, progress: Progress, run_id: str) -> None:
-        self.plan, self.layout, self.progress, self.run_id = plan, layout, progress, run_id
-        self.max_attempts = plan.config.workers.max_attempts
-        self.actor_class = ray.remote(ShardWorker).options(
+    def __init__(self, plan: JobPlan, layout: Layout, run_id: str, pending: int) -> None:
+        config = plan.config
+        self.config, self.plan, self.run_id, self.pending = config, plan, run_id, pending
+        self.actor_class = ray.remote(concurrency_groups={"control": 2})(ShardWorker).options(
             num_cpus=layout.num_cpus,
             num_gpus=layout.num_gpus,
             max_restarts=0,
-            max_concurrency=2,
-            runtime_env=plan.config.ray.runtime_env or None,
+            max_concurrency=1,
+            runtime_env=config.ray.runtime_env or None,
         )
-        self.slots = [_Slot(i) for i in range(layout.count)]
-        self.queue: deque[tuple[Shard, int]] = deque()
-        self.calls: dict[Any, tuple[str, _Slot]] = {}  # ref -> ("ready" | "shard", slot)
-        self.polls: dict[Any, _Slot] = {}
-        self.setup_error: str | None = None
 
-    def run(self, shards: list[Shard]) -> None:
-        self.queue.extend((shard, 1) for shard in shards)
-        for slot in self.slots:
-            self._start(slot)
-        last_poll = time.monotonic()
-        while self.queue or self.calls:
-            self._dispatch()
-            if not self.calls:
-                break
-            refs = [*self.calls, *self.polls]
-            ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_SECONDS)
-            for ref in ready:
-                if ref in self.polls:
-                    self._polled(ref)
-                else:
-                    self._handle(ref)
-            if time.monotonic() - last_poll >= POLL_SECONDS:
-                last_poll = time.monotonic()
-                self._poll()
-            self.progress.tick()
-        for shard, attempt in self.queue:
-            self.progress.shard_failed(shard.id, attempt - 1, f"no worker could start: {self.setup_error}")
-        self.queue.clear()
-
-    def stop(self) -> None:
-        for slot in self.slots:
-            if slot.actor is not None:
-                ray.kill(slot.actor)
-                slot.actor = None
-
-    def _start(self, slot: _Slot) -> None:
-        config = self.plan.config
-        slot.actor = self.actor_class.remote(
-            config,
-            name=slot.name,
-            job_hash=self.plan.record.config_hash,
-            checkpoint_sha256=self.plan.record.checkpoint_sha256,
+    def start(self, name: str) -> Any:
+        record = self.plan.record
+        return self.actor_class.remote(
+            self.config,
+            name=name,
+            job_hash=record.config_hash,
+            checkpoint_sha256=record.checkpoint_sha256,
             run_id=self.run_id,
         )
-        slot.ready = False
-        self.calls[slot.actor.ready.remote()] = ("ready", slot)
 
-    def _dispatch(self) -> None:
-        for slot in self.slots:
-            if slot.actor is not None and slot.ready and slot.task is None and self.queue:
-                slot.task = self.queue.popleft()
-                shard, attempt = slot.task
-                self.calls[slot.actor.process.remote(shard, attempt)] = ("shard", slot)
-        self._count_running()
+    def ready(self, worker: Any) -> Any:
+        return worker.ready.remote()
 
-    def _count_running(self) -> None:
-        self.progress.running = sum(slot.task is not None for slot in self.slots)
+    def process(self, worker: Any, shard: Shard, attempt: int) -> Any:
+        return worker.process.remote(shard, attempt)
 
-    def _handle(self, ref: Any) -> None:
-        kind, slot = self.calls.pop(ref)
+    def poll(self, worker: Any) -> Any:
+        return worker.poll.remote()
+
+    def wait(self, refs: list[Any], timeout: float) -> list[Any]:
+        """Every ref ready now, or within `timeout` the first one to be."""
+        if not refs:
+            time.sleep(timeout)
+            return []
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if not ready:
+            return []
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        return ready
+
+    def get(self, ref: Any) -> Any:
         try:
-            value = ray.get(ref)
+            return ray.get(ref)
+        except RayTaskError as exc:
+            if isinstance(exc, RayActorError):
+                raise WorkerLost(_reason(exc)) from exc
+            raise AttemptFailed(_reason(exc)) from exc
         except RayError as exc:
-            self._failed(kind, slot, exc)
-            return
-        if kind == "ready":
-            slot.ready = True
-            self.progress.message(
-                f"worker {slot.name} ready on {value['host']} ({value['device']}, loaded in {value['load_seconds']}s)"
-            )
-        else:
-            slot.task = None
-            self._count_running()
-            self.progress.shard_done(value)
+            raise WorkerLost(_reason(exc)) from exc
 
-    def _failed(self, kind: str, slot: _Slot, exc: RayError) -> None:
-        reason = _reason(exc)
-        if kind == "ready":
-            self.setup_error = reason
-            self.progress.message(f"worker {slot.name} could not start: {reason}")
-            slot.actor = None
-            return
-        assert slot.task is not None
-        shard, attempt = slot.task
-        slot.task = None
-        self._count_running()
-        self.progress.shard_lost(slot.name)
-        if isinstance(exc, RayActorError) or not isinstance(exc, RayTaskError):  # not an exception of ours
-            reason = f"worker {slot.name} died ({reason})"
-            ray.kill(slot.actor)  # in case it lingers: its replacement takes its resources
-            slot.generation += 1
-            self._start(slot)
-        if attempt < self.max_attempts:
-            self.progress.message(f"shard {shard.id} attempt {attempt} failed: {reason}; retrying")
-            self.queue.appendleft((shard, attempt + 1))
-        else:
-            self.progress.shard_failed(shard.id, attempt, reason)
+    def kill(self, worker: Any) -> None:
+        with contextlib.suppress(RayError, ValueError):
+            ray.kill(worker)
 
-    def _poll(self) -> None:
-        for slot in self.slots:
-            if slot.task is not None and slot.actor is not None and slot not in self.polls.values():
-                self.polls[slot.actor.poll.remote()] = slot
-
-    def _polled(self, ref: Any) -> None:
-        slot = self.polls.pop(ref)
-        try:
-            tally = ray.get(ref)
-        except RayError:
-            return  # the shard call reports what happened to the worker
-        if slot.task is not None and tally.get("shard_id") == slot.task[0].id:
-            self.progress.worker_update(slot.name, tally)
+    def capacity(self) -> int | None:
+        """Workers the cluster can hold now (it may have grown)."""
+        return plan_layout(self.config.workers, describe_cluster(), self.pending).count
 
 
 def _reason(exc: RayError) -> str:
@@ -354,6 +292,13 @@ def print_summary(summary: JobSummary, out: TextIO, max_listed: int = 20) -> Non
     print(f"  videos:   {c['videos'] - c['videos_error']} ok, {c['videos_error']} failed", file=out)
     print(f"  frames:   {c['frames']} annotated frames, {summary.frames_per_second:.1f} frames/s", file=out)
     print(f"  masklets: {c['masklets_kept']} kept of {c['masklets']}", file=out)
+    if summary.workers:
+        w = summary.workers
+        print(
+            f"  workers:  {w['requested']} requested, {w['lost']} lost, {w['restarts']} restart(s)"
+            + (f"; {summary.below_minimum}" if summary.below_minimum else ""),
+            file=out,
+        )
     print(
         f"  outputs:  {', '.join(storage.join(uri, SHARD_DIRS[k]) for k in ('masklets', 'videos', 'wds'))} "
         f"({PROGRESS_FILE}, {JOB_FILE})",
@@ -362,9 +307,11 @@ def print_summary(summary: JobSummary, out: TextIO, max_listed: int = 20) -> Non
     if summary.setup_error and not summary.done:
         print(f"  no worker could start: {summary.setup_error}", file=out)
     if summary.failed:
-        print("  failed shards (rerun the same command to retry them):", file=out)
-        for f in summary.failed:
+        print("  failed shards (nothing of them committed: rerun the same command to retry them):", file=out)
+        for f in summary.failed[:max_listed]:
             print(f"    {f.shard_id} after {f.attempts} attempt(s): {f.error}", file=out)
+        if len(summary.failed) > max_listed:
+            print(f"    ... and {len(summary.failed) - max_listed} more (progress.json)", file=out)
     if summary.failed_videos:
         print(f"  failed videos ({c['videos_error']}; error rows in videos/*.parquet):", file=out)
         for v in summary.failed_videos[:max_listed]:

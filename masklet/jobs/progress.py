@@ -11,9 +11,10 @@ or a few hours alike); it is unknown until the first shard finishes.
 
 On a terminal, a tqdm bar redrawn twice a second, messages printed above it. Elsewhere (log files,
 Ray job logs): plain lines with no carriage returns or ANSI codes, one every `log_every` seconds and
-one per finished shard. `progress.json` in the output root is rewritten (atomically) whenever a
-shard finishes or fails and when the job ends; a failure to write it is logged and never stops the
-job. Importing this module loads neither Ray nor torch.
+one per finished shard. `progress.json` in the output root is rewritten (atomically) at most every
+`SAVE_EVERY` seconds while shards finish or fail, and when the job ends, with its lists capped (a
+job of 10^5 failing shards must not rewrite megabytes per shard); a failure to write it is logged and
+never stops the job. Importing this module loads neither Ray nor torch.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from masklet.jobs.shard import ShardResult
 log = logging.getLogger(__name__)
 
 MAX_LISTED_VIDEOS = 1000  # failed videos listed in progress.json; all of them are in videos/*.parquet
+MAX_LISTED_SHARDS = 1000  # failed shards listed in progress.json; `shards.failed` counts them all
+SAVE_EVERY = 10.0  # seconds between rewrites of progress.json while the job runs
 COUNTS = ("videos", "videos_error", "frames", "masklets", "masklets_kept")
 RATE_WINDOW = 300.0  # seconds the rates and the ETA look back
 REDRAW = 0.5  # seconds between redraws of the bar on a terminal
@@ -84,12 +87,15 @@ class Progress:
     partial: dict[str, dict[str, int]] = field(default_factory=dict)  # worker -> its shard in hand
     failed: list[FailedShard] = field(default_factory=list)
     failed_videos: list[dict[str, str]] = field(default_factory=list)
+    workers: dict[str, int] = field(default_factory=dict)  # requested, running, lost, restarts (the scheduler's)
     started: float = field(init=False)  # clock() at creation
     started_at: str = field(default_factory=lambda: _now())
     # (clock, frames, shards done or failed) since the first shard reached a worker, the oldest one at
     # or before the start of the window
     _samples: collections.deque[tuple[float, int, int]] = field(default_factory=collections.deque, repr=False)
     _last_shown: float | None = None  # None: show at the next tick
+    _last_saved: float | None = None
+    _dirty: bool = False  # shards finished or failed since progress.json was last written
     _bar: tqdm | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -151,7 +157,7 @@ class Progress:
             self._write(self._shard_line(result))
         else:
             self._last_shown = None  # redraw the bar at the next tick
-        self.save("running")
+        self._dirty = True
 
     def shard_lost(self, worker: str) -> None:
         """The worker's shard in hand is gone (it died or failed); its partial counts with it."""
@@ -161,7 +167,7 @@ class Progress:
         self.failed.append(FailedShard(shard_id, attempts, error))
         self._sample()
         self.message(f"shard {shard_id} failed after {attempts} attempt(s): {error}")
-        self.save("running")
+        self._dirty = True
 
     def message(self, text: str) -> None:
         """A line of its own, above the bar on a terminal."""
@@ -173,9 +179,12 @@ class Progress:
             self._last_shown = None
 
     def tick(self) -> None:
-        """Redraw the bar (terminal, twice a second) or log a line (every `log_every` s)."""
+        """Redraw the bar (terminal, twice a second) or log a line (every `log_every` s); rewrite
+        progress.json when shards moved and `SAVE_EVERY` seconds have passed."""
         now = self.clock()
         self._sample(now)
+        if self._dirty and (self._last_saved is None or now - self._last_saved >= SAVE_EVERY):
+            self.save("running")
         every = REDRAW if self.tty else self.log_every
         if self._last_shown is not None and now - self._last_shown < every:
             return
@@ -249,11 +258,13 @@ class Progress:
             "eta_seconds": _round(eta, 1),
             "eta_at": None if eta is None else _now(eta),
             "masklets": {"total": t["masklets"], "kept": t["masklets_kept"]},
-            "failed_shards": [f.__dict__ for f in self.failed],
+            "workers": self.workers,
+            "failed_shards": [f.__dict__ for f in self.failed[:MAX_LISTED_SHARDS]],
             "failed_videos": self.failed_videos,
         }
 
     def save(self, state: str) -> None:
+        self._dirty, self._last_saved = False, self.clock()
         try:
             layout.write_json(self.output_uri, PROGRESS_FILE, self.snapshot(state))
         except OSError as exc:

@@ -2,10 +2,10 @@
 
 `process_shard` is what a job's worker actor runs for every shard it is given, and what a notebook,
 a test or a GPU benchmark calls directly; `label_video` is its step for one video (the Python API's
-too). A video that cannot be read or labelled becomes an error row and the shard goes on: an
-`InputError` quietly, anything else with its traceback logged, as it may be a bug. What goes wrong
-with the shard itself (it cannot be read or written, `check` raises) fails the whole attempt and
-commits nothing. Importing this module loads neither Ray nor torch.
+too). A video that cannot be read or labelled for a reason of its own (an `InputError`: undecodable,
+a bad prompt) becomes an error row and the shard goes on. Anything else is not the video's fault (a
+CUDA error, out of memory, a storage outage, a bug) and fails the whole attempt: nothing of the shard
+is committed, and the job retries it. Importing this module loads neither Ray nor torch.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,23 @@ class ShardResult:
     attempt: int = 1
 
 
+class ShardWatch:
+    """What a runner sees of a shard as it is done (progress, metrics, liveness); by default nothing.
+    Raising from a hook abandons the attempt."""
+
+    def video_started(self, key: str) -> None:
+        """Before a video is read."""
+
+    def stream_opened(self, stream: VideoStream) -> None:
+        """Its frames are about to be decoded: `stream.frame_indices` grows as they are."""
+
+    def video_done(self, video: LabeledVideo) -> None:
+        """It was added to the output shard (an error row included)."""
+
+    def before_commit(self) -> None:
+        """The shard is about to be committed."""
+
+
 @dataclass
 class LabeledVideo:
     """One video through decode and pipeline: its row, its masklets (none for an error row) and, for
@@ -51,16 +68,17 @@ class LabeledVideo:
     data: bytes | None = None
 
 
-def label_video(item: VideoInput | VideoError, pipeline: VideoPipeline, source: SourceConfig) -> LabeledVideo:
-    """Decode `item` at `source`'s fps and label it; anything wrong with it becomes its error row."""
+def label_video(
+    item: VideoInput | VideoError, pipeline: VideoPipeline, source: SourceConfig, watch: ShardWatch | None = None
+) -> LabeledVideo:
+    """Decode `item` at `source`'s fps and label it; the input's own faults become its error row, any
+    other exception propagates."""
     if isinstance(item, VideoError):
         return LabeledVideo(_error_row(item.key, item.original_key, item.source_uri, "VideoError", item.reason), [])
     attempt = _Attempt(time.perf_counter())
     try:
-        return run_video(item, pipeline, source, attempt)
-    except Exception as exc:
-        if not isinstance(exc, InputError):
-            log.exception("video %s of %s failed", item.key, item.source_uri)
+        return run_video(item, pipeline, source, attempt, watch)
+    except InputError as exc:
         known = _stream_fields(attempt.stream, attempt.data) if attempt.stream is not None else {}
         record = _error_row(
             item.key, item.original_key, item.source_uri, type(exc).__name__, str(exc) or repr(exc), **known
@@ -79,10 +97,14 @@ class _Attempt:
 
 
 def run_video(
-    item: VideoInput, pipeline: VideoPipeline, source: SourceConfig, attempt: _Attempt | None = None
+    item: VideoInput,
+    pipeline: VideoPipeline,
+    source: SourceConfig,
+    attempt: _Attempt | None = None,
+    watch: ShardWatch | None = None,
 ) -> LabeledVideo:
     """Decode `item` at `source`'s fps and label it, raising whatever goes wrong (`label_video` turns
-    that into an error row; the Python API lets it reach the caller)."""
+    the input's faults into an error row; the Python API lets everything reach the caller)."""
     attempt = attempt or _Attempt(time.perf_counter())
     attempt.data = None if isinstance(item.content, FrameFiles) else item.read_bytes()
     attempt.stream = stream = open_video(
@@ -93,6 +115,8 @@ def run_video(
         prefetch_frames=source.prefetch_frames,
     )
     opened = time.perf_counter() - attempt.t0
+    if watch is not None:
+        watch.stream_opened(stream)
     with stream:
         t1 = time.perf_counter()
         masklets = list(pipeline(item, stream))
@@ -119,32 +143,29 @@ def process_shard(
     config_hash: str,
     write_video: bool = False,
     extra: Mapping[str, Any] | None = None,
-    on_video: Callable[[LabeledVideo], None] | None = None,
-    check: Callable[[], None] | None = None,
+    watch: ShardWatch | None = None,
 ) -> ShardResult:
     """Label every video of `shard` and commit its output shard under `output_uri`.
 
-    `on_video` sees each video as it is added (progress, metrics); `check` runs before each video and
-    before the commit, and raising there abandons the attempt (e.g. a worker whose node is gone).
-    `extra` goes into the `_done` marker. Raises if the shard cannot be read or written.
+    `watch` sees the shard as it goes (see `ShardWatch`); `extra` goes into the `_done` marker.
+    Raises, committing nothing, if the shard cannot be read or written or a video fails for a reason
+    that is not its own.
     """
+    watch = watch or ShardWatch()
     failed: list[tuple[str, str, str]] = []
     keys: set[str] = set()
     writer = ShardWriter(output_uri, shard.id, model=model, config_hash=config_hash, write_video=write_video)
     with writer:
         for item in iter_videos(shard):
-            if check is not None:
-                check()
-            video = label_video(item, pipeline, source)
+            watch.video_started(item.key)
+            video = label_video(item, pipeline, source, watch)
             video.record = _unique_key(video.record, keys)
             video = _add(writer, video, item)
             keys.add(video.record.video_key)
             if video.record.status == "error":
                 failed.append((video.record.video_key, video.record.error_type or "", video.record.error or ""))
-            if on_video is not None:
-                on_video(video)
-        if check is not None:
-            check()
+            watch.video_done(video)
+        watch.before_commit()
         marker = writer.commit(extra={"host": socket.gethostname(), **dict(extra or {})})
     return ShardResult(shard.id, marker["counts"], marker["seconds"], failed)
 

@@ -3,8 +3,9 @@
 The driver wraps `ShardWorker` in a Ray actor: a thin shell around `masklet.jobs.shard.process_shard`.
 It loads the model and builds the pipeline once, then runs `process_shard` for each shard it is
 given, so masks never leave the worker; the driver gets counts and timings back. Around it: the
-tally `poll()` reports (actors run with two threads so it answers while `process()` works), Ray
-metrics, and the liveness check that keeps an orphaned worker from committing.
+tally `poll()` reports (in a concurrency group of its own, so it answers while `process()` works and
+while the next shard waits its turn), Ray metrics, and the liveness check that keeps an orphaned
+worker from committing.
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
+import ray
 import torch
 
 from masklet.config import JobConfig
 from masklet.io import storage
-from masklet.io.schema import MaskletRecord, VideoRecord
 from masklet.io.sources import Shard
+from masklet.io.video import VideoStream
 from masklet.jobs.metrics import WorkerMetrics
-from masklet.jobs.shard import LabeledVideo, ShardResult, process_shard
+from masklet.jobs.shard import LabeledVideo, ShardResult, ShardWatch, process_shard
 from masklet.model.device import resolve_device
 from masklet.pipelines.contract import make_pipeline
 from masklet.pipelines.model_loading import load_model
@@ -32,23 +33,55 @@ from masklet.pipelines.model_loading import load_model
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Tally:
-    """Progress of the shard in hand, read by `poll()` from the driver's thread."""
+class _Tally(ShardWatch):
+    """The shard in hand as `poll()` reports it from the driver's thread: counts of the videos done, the
+    frames of the video being decoded, and how long that video has taken (the driver's hang limit)."""
 
-    shard_id: str | None = None
-    videos: int = 0
-    videos_error: int = 0
-    frames: int = 0
-    masklets: int = 0
-    masklets_kept: int = 0
+    def __init__(self, worker: ShardWorker, shard_id: str | None = None) -> None:
+        self.worker, self.shard_id = worker, shard_id
+        self.videos = self.videos_error = self.frames = self.masklets = self.masklets_kept = 0
+        self.video_key: str | None = None
+        self.video_since = self.shard_started = time.monotonic()
+        self.stream: VideoStream | None = None
 
-    def add(self, record: VideoRecord, masklets: list[MaskletRecord]) -> None:
-        self.videos += 1
-        self.videos_error += record.status == "error"
-        self.frames += len(record.frame_indices)
-        self.masklets += len(masklets)
-        self.masklets_kept += sum(m.kept for m in masklets)
+    def video_started(self, key: str) -> None:
+        self.worker.check_node()
+        self.video_key, self.video_since, self.stream = key, time.monotonic(), None
+
+    def stream_opened(self, stream: VideoStream) -> None:
+        self.stream = stream
+
+    def video_done(self, video: LabeledVideo) -> None:
+        record, masklets = video.record, video.masklets
+        with self.worker.lock:
+            self.videos += 1
+            self.videos_error += record.status == "error"
+            self.frames += len(record.frame_indices)
+            self.masklets += len(masklets)
+            self.masklets_kept += sum(m.kept for m in masklets)
+            self.stream, self.video_key = None, None
+        kept = sum(m.kept for m in masklets)
+        metrics = self.worker.metrics
+        metrics.video(ok=record.status == "ok", frames=len(record.frame_indices), masklets=len(masklets), kept=kept)
+        metrics.fps.set(self.frames / max(time.monotonic() - self.shard_started, 1e-9))
+
+    def before_commit(self) -> None:
+        self.worker.check_node()
+
+    def report(self) -> dict[str, Any]:
+        now = time.monotonic()
+        decoding = len(self.stream.frame_indices) if self.stream is not None else 0
+        return {
+            "shard_id": self.shard_id,
+            "videos": self.videos,
+            "videos_error": self.videos_error,
+            "frames": self.frames + decoding,
+            "masklets": self.masklets,
+            "masklets_kept": self.masklets_kept,
+            "video_key": self.video_key,
+            "video_seconds": now - self.video_since if self.video_key is not None else 0.0,
+            "shard_seconds": now - self.shard_started,
+        }
 
 
 class ShardWorker:
@@ -68,9 +101,10 @@ class ShardWorker:
         self.load_seconds = time.perf_counter() - t0
         self.metrics = WorkerMetrics(name)
         self._raylet = os.getppid()
-        self._lock = threading.Lock()
-        self._tally = _Tally()
+        self.lock = threading.Lock()
+        self._tally = _Tally(self)
 
+    @ray.method(concurrency_group="control")
     def ready(self) -> dict[str, Any]:
         """Where this worker runs; answering at all means the model and pipeline are loaded."""
         return {
@@ -81,27 +115,15 @@ class ShardWorker:
             "load_seconds": round(self.load_seconds, 2),
         }
 
+    @ray.method(concurrency_group="control")
     def poll(self) -> dict[str, Any]:
-        with self._lock:
-            return dict(self._tally.__dict__)
+        with self.lock:
+            return self._tally.report()
 
     def process(self, shard: Shard, attempt: int) -> ShardResult:
         """Label every video of `shard` and commit its output shard; raises if the shard cannot be done."""
-        with self._lock:
-            self._tally = _Tally(shard.id)
-        t0 = time.perf_counter()
-
-        def on_video(video: LabeledVideo) -> None:
-            record, masklets = video.record, video.masklets
-            with self._lock:
-                self._tally.add(record, masklets)
-                frames = self._tally.frames
-            kept = sum(m.kept for m in masklets)
-            self.metrics.video(
-                ok=record.status == "ok", frames=len(record.frame_indices), masklets=len(masklets), kept=kept
-            )
-            self.metrics.fps.set(frames / max(time.perf_counter() - t0, 1e-9))
-
+        with self.lock:
+            self._tally = _Tally(self, shard.id)
         output = self.config.output
         result = process_shard(
             shard,
@@ -112,14 +134,13 @@ class ShardWorker:
             config_hash=self.job_hash,
             write_video=output.write_video,
             extra={"worker": self.name, "attempt": attempt, "run_id": self.run_id},
-            on_video=on_video,
-            check=self._check_node,
+            watch=self._tally,
         )
         self.metrics.shards.inc()
         result.worker, result.attempt = self.name, attempt
         return result
 
-    def _check_node(self) -> None:
+    def check_node(self) -> None:
         """Stop if this node's Ray is gone (an embedded Ray dies with its driver): an orphaned worker must
         not commit a shard that the rerun may be writing too. Ray's workers are children of the raylet."""
         if os.getppid() != self._raylet and not _process_exists(self._raylet):

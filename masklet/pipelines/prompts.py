@@ -41,6 +41,9 @@ class PromptError(InputError):
         self.obj_id = obj_id
         self.prompt = prompt
 
+    def __reduce__(self) -> tuple:  # crosses process boundaries whole
+        return (type(self), (str(self), self.video_key, self.obj_id, self.prompt))
+
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class ObjectPrompt:
