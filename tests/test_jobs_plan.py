@@ -76,6 +76,7 @@ def test_run_refuses_before_any_work_with_exit_2(tmp_path: Path, capsys: pytest.
         ([str(config), "model.init=checkpoint", "model.checkpoint=" + str(tmp_path / "missing.pt")], "missing.pt"),
         ([str(config), "model.init=checkpoint"], "sam2.1_hiera_t has no weights: set model.checkpoint to 'official'"),
         (["--config-json", "[1]"], "must be a JSON object"),
+        ([str(config), "ray.address=127.0.0.1:1"], "cannot reach the Ray cluster at ray.address='127.0.0.1:1'"),
     ]
     for args, message in cases:
         assert main(["run", *args]) == 2, args

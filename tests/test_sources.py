@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import gzip
+import http.server
 import io
 import json
 import re
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from moto.s3.models import s3_backends
 from videos import encode, index_frame, jpeg, read_index, tar_bytes
 
 from masklet.config import SourceConfig
-from masklet.io import sources
+from masklet.io import sources, storage
+from masklet.io.errors import InputError
 from masklet.io.sources import VideoError, VideoInput, iter_videos, list_shards
 from masklet.io.tars import MAX_KEY_LENGTH, sanitize_key
 from masklet.io.video import VideoDecodeError
@@ -450,3 +453,40 @@ def test_frame_folders_on_s3(s3_bucket: str) -> None:
         assert [(f.index, read_index(f.rgb)) for f in stream] == [(0, 0), (4, 4), (8, 8)]
     with pytest.raises(VideoDecodeError, match="1 frame"):
         second.open(fps=6)
+
+
+def test_reading_a_video_uri_is_retried_and_a_lasting_outage_is_not_the_videos_fault(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A manifest's video URI: 404 is the input's fault (an error row), a 503 that outlasts the retries
+    is the machine's (a StorageError: the shard attempt fails and is retried, nothing committed)."""
+    replies = {"/flaky.mp4": [503, 200], "/down.mp4": [503] * 10, "/gone.mp4": [404]}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+        def do_GET(self) -> None:
+            status = replies[self.path].pop(0) if len(replies[self.path]) > 1 else replies[self.path][0]
+            body = b"video bytes" if status == 200 else b""
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_HEAD = do_GET
+
+    monkeypatch.setattr(storage, "DEFAULT_RETRY", storage.RetryPolicy(attempts=3, base_delay=0.0))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        assert VideoInput("flaky", "flaky", "m#1", f"{base}/flaky.mp4", "mp4").read_bytes() == b"video bytes"
+        with pytest.raises(storage.StorageError, match=f"{base}/down.mp4 failed after 3 attempts") as err:
+            VideoInput("down", "down", "m#2", f"{base}/down.mp4", "mp4").read_bytes()
+        assert err.value.transient and not isinstance(err.value, InputError)
+        with pytest.raises(VideoDecodeError, match=f"{base}/gone.mp4 does not exist"):
+            VideoInput("gone", "gone", "m#3", f"{base}/gone.mp4", "mp4").read_bytes()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -1,16 +1,25 @@
+import contextlib
 import os
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import boto3
 import fsspec
 import pytest
+import s3fs
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from fsspec.implementations.http import HTTPFileSystem
 from s3fs.errors import translate_boto_error
 
+from masklet.io import storage
 from masklet.io.storage import (
     RetryPolicy,
     StorageError,
+    call,
     configure,
     ensure_writable_dir,
     is_transient,
@@ -169,3 +178,71 @@ def test_retry_policy_backs_off_exponentially_within_bounds() -> None:
         assert ceiling / 2 <= policy.delay(attempt) <= ceiling
     with pytest.raises(ValueError):
         RetryPolicy(attempts=0)
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_an_endpoint_that_never_answers_fails_naming_the_uri(black_hole: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every remote call has a read timeout (masklet's defaults, here shortened) and a bounded number of
+    retries: a black-hole endpoint is an error naming the URI, not a hang."""
+    monkeypatch.setattr(storage, "DEFAULT_RETRY", RetryPolicy(attempts=2, base_delay=0.0))
+    http = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=1, sock_read=0.5)}}
+    for protocol in ("http", "https"):  # one filesystem class, configured under both names
+        monkeypatch.setitem(fsspec.config.conf, protocol, http)
+    HTTPFileSystem.clear_instance_cache()  # instances are cached with the settings they were made with
+    uri = f"http://{black_hole}/video.mp4"
+    start = time.monotonic()
+    with pytest.raises(StorageError, match=f"read {uri} failed after 2 attempts, last error transient") as err:
+        fs, path = url_to_fs(uri)
+        call("read", uri, fs.cat_file, path)
+    assert err.value.transient and time.monotonic() - start < 15
+    for key, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "x"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(key, value)
+    limits = {"read_timeout": 0.5, "retries": {"max_attempts": 1}}
+    s3 = {"endpoint_url": f"http://{black_hole}", "config_kwargs": limits}
+    monkeypatch.setitem(fsspec.config.conf, "s3", s3)
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(StorageError, match="s3://bucket/shard.tar failed after 2 attempts") as err:
+        fs, path = url_to_fs("s3://bucket/shard.tar")
+        call("read", "s3://bucket/shard.tar", fs.cat_file, path)
+    assert err.value.transient and time.monotonic() - start < 60
+    s3fs.S3FileSystem.clear_instance_cache()
+    HTTPFileSystem.clear_instance_cache()
+
+
+def test_every_remote_call_has_time_limits_by_default() -> None:
+    assert fsspec.config.conf["s3"]["config_kwargs"]["read_timeout"] > 0
+    assert fsspec.config.conf["http"]["client_kwargs"]["timeout"].sock_read > 0
+
+
+def test_the_retries_stop_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def slow_and_failing() -> None:
+        calls.append(time.monotonic())
+        raise TimeoutError("read timed out")
+
+    with pytest.raises(StorageError, match="failed after 2 attempts"):
+        call("read", "s3://b/k", slow_and_failing, retry=RetryPolicy(attempts=10, base_delay=0.3, deadline=0.4))
+    assert len(calls) == 2

@@ -93,7 +93,6 @@ def connect(config: RayConfig) -> Iterator[Cluster]:
             )
         how = f"embedded Ray on {LOOPBACK}"
     else:
-        reachable(config.address)
         context = ray.init(address=config.address)
         how = f"Ray cluster at {config.address}"
     url = context.dashboard_url or None
@@ -107,8 +106,8 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach a cluster's address before the job is
 
 
 def reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
-    """Refuse, naming the address, a `ray.address` that does not answer: Ray itself waits for minutes.
-    `auto` (the cluster this node is part of) is left to Ray."""
+    """Refuse, naming the address, a `ray.address` that does not answer, before the job claims its
+    output root: Ray itself waits for minutes. `auto` (the cluster this node is part of) is left to Ray."""
     if address == "auto":
         return
     hostport = address.split("://", 1)[-1].rstrip("/")

@@ -27,7 +27,7 @@ from masklet.io.checkpoint_files import fetch
 from masklet.io.layout import JOB_FILE, PROGRESS_FILE, SHARD_DIRS
 from masklet.io.sinks import list_done
 from masklet.io.sources import Shard, list_shards
-from masklet.jobs.cluster import Cluster, Layout, connect, describe_cluster, plan_layout
+from masklet.jobs.cluster import Cluster, Layout, connect, describe_cluster, plan_layout, reachable
 from masklet.jobs.job_record import JobRecord, claim_output
 from masklet.jobs.progress import FailedShard, Progress
 from masklet.jobs.scheduler import AttemptFailed, Limits, Scheduler, WorkerLost
@@ -66,6 +66,8 @@ def plan_job(config: JobConfig, *, force: bool = False) -> JobPlan:
     factory = factory_path(config)
     load_factory(factory)
     storage.configure(config.storage)
+    if config.ray.address is not None:
+        reachable(config.ray.address)
     shards = list_shards(config.source)
     storage.ensure_writable_dir(config.output.uri)
     done = list_done(config.output.uri) & {s.id for s in shards}
