@@ -15,6 +15,7 @@ import fsspec
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from masklet.io.tars import MAX_MEMBER_BYTES
 from masklet.weights import WeightsError, how_to_get, resolve_weights
 
 MODEL_PRESETS = (
@@ -70,6 +71,9 @@ class SourceConfig(Section):
     fps: float | None = Field(default=6.0, gt=0, description="annotation fps; null keeps every frame")
     max_frames: int | None = Field(default=None, ge=1)
     prefetch_frames: int = Field(default=16, ge=1)
+    max_member_bytes: int = Field(
+        default=MAX_MEMBER_BYTES, ge=1, description="a tar member claiming more bytes is refused unread (an error row)"
+    )
 
 
 def require_weights(name: str, checkpoint: str | None, init: str, key: str) -> None:

@@ -490,3 +490,78 @@ def test_reading_a_video_uri_is_retried_and_a_lasting_outage_is_not_the_videos_f
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_manifest_split_when_listed_keeps_its_rows_out_of_memory(tmp_path: Path, video_dir: Path) -> None:
+    """With `spill`, every shard's rows go to a file (read back by the worker), written once per
+    version of the manifest: a rerun reuses them, an edited manifest is split afresh."""
+    rows = [{"uri": str(video_dir / "a.mp4"), "key": f"v{i}", "n": i} for i in range(5)]
+    write_manifest(tmp_path / "list.jsonl", rows)
+    spill = tmp_path / "out" / "_manifest"
+    shards = list_shards(config(str(tmp_path / "list.jsonl"), "manifest", videos_per_shard=2), spill=str(spill))
+    assert [s.id for s in shards] == ["list-000000", "list-000001", "list-000002"]
+    assert all(s.items == () and s.rows_uri for s in shards)
+    assert [v.original_key for s in shards for v in iter_videos(s)] == [f"v{i}" for i in range(5)]
+    assert next(iter_videos(shards[1])).metadata == {"n": 2}
+    (folder,) = spill.iterdir()
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    again = list_shards(config(str(tmp_path / "list.jsonl"), "manifest", videos_per_shard=2), spill=str(spill))
+    assert again == shards and {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before  # reused
+    write_manifest(tmp_path / "list.jsonl", rows[:3])
+    edited = list_shards(config(str(tmp_path / "list.jsonl"), "manifest", videos_per_shard=2), spill=str(spill))
+    assert len(edited) == 2 and len(list(spill.iterdir())) == 2  # a new split, not the old files
+
+
+@pytest.mark.parametrize("name", ["bad name", "_x", "café"])
+def test_an_input_whose_name_cannot_be_a_shard_id_is_refused_when_listed(tmp_path: Path, name: str) -> None:
+    """Each would fail every attempt at its output files, and "rerun to retry" could never succeed."""
+    (tmp_path / f"{name}.tar").write_bytes(tar_bytes([("a.mp4", b"x")]))
+    with pytest.raises(ValueError, match=f"gives shard id {name!r}, which cannot name output files"):
+        list_shards(config(str(tmp_path)))
+
+
+def test_a_member_name_that_is_not_utf8_is_escaped_and_its_video_kept(tmp_path: Path) -> None:
+    """Latin-1 and raw bytes in member names: the video is read under an escaped name, its row writable."""
+    good = encode(3)
+    buffer = io.BytesIO()
+    with tarfile.open(
+        fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape"
+    ) as tar:
+        for raw in (b"caf\xe9.mp4", b"\xff\xfe.mp4", b"plain.mp4"):
+            info = tarfile.TarInfo(raw.decode("utf-8", "surrogateescape"))
+            info.size = len(good)
+            tar.addfile(info, io.BytesIO(good))
+    (tmp_path / "shard-000000.tar").write_bytes(buffer.getvalue())
+    (shard,) = list_shards(config(str(tmp_path)))
+    videos = list(iter_videos(shard))
+    assert [v.original_key for v in videos] == ["caf%E9", "%FF%FE", "plain"]
+    assert all(isinstance(v, VideoInput) for v in videos)
+    for v in videos:
+        v.original_key.encode("utf-8")  # what Parquet needs
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", v.key)
+
+
+def test_a_member_over_the_size_limit_or_sparse_is_refused_unread(tmp_path: Path) -> None:
+    good = encode(3)
+    (tmp_path / "shard-000000.tar").write_bytes(tar_bytes([("big.mp4", good), ("ok.mp4", good)]))
+    (shard,) = list_shards(config(str(tmp_path)))
+    big, ok = iter_videos(shard, max_member_bytes=len(good) - 1)
+    assert isinstance(big, VideoError) and "over the limit of" in big.reason and "source.max_member_bytes" in big.reason
+    assert isinstance(ok, VideoError)  # both are that size here
+    assert all(isinstance(v, VideoInput) for v in iter_videos(shard, max_member_bytes=len(good)))
+
+
+def test_a_sparse_member_claiming_a_gigabyte_is_refused_unread(tmp_path: Path) -> None:
+    """10 KiB on disk, 1 GiB of zeros if read: refused before a byte of it is materialised."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        sparse_map = b"1\n0\n0\n".ljust(512, b"\0")  # GNU sparse 1.0: one empty region
+        info = tarfile.TarInfo("GNUSparseFile.0/huge.mp4")
+        info.size = len(sparse_map)
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "huge.mp4"}
+        info.pax_headers["GNU.sparse.realsize"] = str(2**30)
+        tar.addfile(info, io.BytesIO(sparse_map))
+    (tmp_path / "shard-000000.tar").write_bytes(buffer.getvalue())
+    (shard,) = list_shards(config(str(tmp_path)))
+    (item,) = iter_videos(shard)
+    assert isinstance(item, VideoError) and "a sparse member" in item.reason

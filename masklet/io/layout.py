@@ -6,6 +6,7 @@
     videos/{shard}.parquet      one row per video, failures included
     wds/{shard}.tar             SA-V annotation JSON per video [+ the video bytes]
     _done/{shard}.json          the shard's commit marker, written last
+    _manifest/{split}/{shard}.jsonl   a manifest input's rows, split by shard when the job was planned
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from masklet.io import storage
 JOB_FILE = "job.json"
 PROGRESS_FILE = "progress.json"
 DONE_DIR = "_done"
+MANIFEST_DIR = "_manifest"
 SHARD_DIRS = {"masklets": "masklets", "videos": "videos", "wds": "wds", "done": DONE_DIR}
 _SUFFIXES = {"masklets": ".parquet", "videos": ".parquet", "wds": ".tar", "done": ".json"}
 # Hidden names ('.', '_') are skipped by pyarrow.dataset, so a shard id may not start with one.

@@ -40,13 +40,14 @@ Where each problem is caught:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import itertools
 import json
 import posixpath
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
-from itertools import pairwise
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import fsspec
@@ -55,8 +56,9 @@ from braceexpand import braceexpand
 
 from masklet.config import SourceConfig
 from masklet.io import storage
+from masklet.io.layout import SHARD_ID
 from masklet.io.storage import StorageError, is_local, url_to_fs, where_relative
-from masklet.io.tars import TarDamaged, read_tar, sanitize_key
+from masklet.io.tars import MAX_MEMBER_BYTES, TarDamaged, read_tar, sanitize_key
 from masklet.io.video import FrameFiles, VideoDecodeError, VideoStream, open_video
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi")
@@ -80,12 +82,14 @@ class ManifestRow:
 
 @dataclass(frozen=True)
 class Shard:
-    """A unit of work. `uri` is the tar, the manifest or the frames root; `items` its rows or folders."""
+    """A unit of work. `uri` is the tar, the manifest or the frames root; `items` its rows or folders,
+    or, for a manifest split when listed (`list_shards(..., spill=...)`), `rows_uri` the file of its rows."""
 
     id: str
     uri: str
     format: Literal["wds", "manifest", "frames"]
     items: tuple[ManifestRow, ...] | tuple[str, ...] = ()
+    rows_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,18 +158,31 @@ class VideoInput:
 # ---- listing ----
 
 
-def list_shards(source: SourceConfig) -> list[Shard]:
-    """Every shard of the source, in a stable order; reads no tar shard and no video."""
+def list_shards(source: SourceConfig, spill: str | None = None) -> list[Shard]:
+    """Every shard of the source, in a stable order; reads no tar shard and no video.
+
+    Manifests are read as a stream; with `spill` (a folder URI every worker reaches, a job's output
+    root) each shard's rows go to a file there instead of memory, so listing a manifest of 10^7 rows
+    keeps the driver's memory flat."""
     if source.format == "wds":
         shards = [Shard(_tar_stem(uri), uri, "wds") for uri in _expand(source.uri, "tar")]
     elif source.format == "manifest":
-        shards = [shard for uri in _expand(source.uri, *MANIFEST_EXTENSIONS) for shard in _manifest_shards(uri, source)]
+        shards = [
+            shard
+            for uri in _expand(source.uri, *MANIFEST_EXTENSIONS)
+            for shard in _manifest_shards(uri, source.videos_per_shard, spill)
+        ]
     else:
         shards = _frame_shards(source.uri, source.videos_per_shard)
     if not shards:
         raise ValueError(f"source {source.uri!r} holds no videos (its manifests have no rows)")
     seen: dict[str, str] = {}
     for shard in shards:
+        if not SHARD_ID.fullmatch(shard.id):
+            raise ValueError(
+                f"{shard.uri} gives shard id {shard.id!r}, which cannot name output files (it must match "
+                f"{SHARD_ID.pattern}): rename it"
+            )
         if shard.id in seen and seen[shard.id] != shard.uri:
             raise ValueError(f"{seen[shard.id]} and {shard.uri} both give shard id {shard.id!r}; rename one")
         seen[shard.id] = shard.uri
@@ -189,38 +206,77 @@ def _expand(pattern: str, *extensions: str) -> list[str]:
     return list(dict.fromkeys(uris))
 
 
-def _manifest_shards(uri: str, source: SourceConfig) -> list[Shard]:
-    rows = _read_manifest(uri)
+def _manifest_shards(uri: str, size: int, spill: str | None) -> Iterator[Shard]:
     stem = _manifest_stem(uri)
-    size = source.videos_per_shard
-    return [
-        Shard(f"{stem}-{index:06d}", uri, "manifest", tuple(rows[start : start + size]))
-        for index, start in enumerate(range(0, len(rows), size))
-    ]
+    rows = _iter_manifest(uri)
+    if spill is None:
+        for index, chunk in enumerate(_chunks(rows, size)):
+            yield Shard(f"{stem}-{index:06d}", uri, "manifest", chunk)
+        return
+    folder = storage.join(spill, _spill_name(uri, size))
+    fs, path = url_to_fs(folder)
+    fs.invalidate_cache(path)
+    written = {posixpath.basename(p) for p in fs.glob(f"{path}/*.jsonl")}  # by an earlier run of this job
+    for index, chunk in enumerate(_chunks(rows, size)):
+        shard_id = f"{stem}-{index:06d}"
+        rows_uri = storage.join(folder, f"{shard_id}.jsonl")
+        if f"{shard_id}.jsonl" not in written:
+            lines = "".join(json.dumps(asdict(r), default=str) + "\n" for r in chunk)
+            storage.write_bytes(rows_uri, lines.encode())
+        yield Shard(shard_id, uri, "manifest", rows_uri=rows_uri)
 
 
-def _read_manifest(uri: str) -> list[ManifestRow]:
+def _chunks(rows: Iterable[ManifestRow], size: int) -> Iterator[tuple[ManifestRow, ...]]:
+    it = iter(rows)
+    while chunk := tuple(itertools.islice(it, size)):
+        yield chunk
+
+
+def _spill_name(uri: str, size: int) -> str:
+    """A folder name for the split of this manifest as it is now: another file at the same URI (or
+    another shard size) is split afresh, never served from an older split."""
+    fs, path = url_to_fs(uri)
+    info = storage.call("stat", uri, fs.info, path)
+    version = {k: str(info.get(k)) for k in ("size", "mtime", "ETag", "LastModified", "VersionId") if k in info}
+    digest = hashlib.sha256(json.dumps([uri, size, version], sort_keys=True).encode()).hexdigest()[:16]
+    return f"{_manifest_stem(uri)}-{digest}"
+
+
+def _shard_rows(shard: Shard) -> Iterable[ManifestRow]:
+    if shard.rows_uri is None:
+        return shard.items  # type: ignore[return-value]
+    fs, path = url_to_fs(shard.rows_uri)
+    text = storage.call("read", shard.rows_uri, fs.cat_file, path).decode()
+    return [ManifestRow(**json.loads(line)) for line in text.splitlines()]
+
+
+def _iter_manifest(uri: str) -> Iterator[ManifestRow]:
+    """The manifest's rows, streamed: a 10^7-row file is never held whole."""
     ext = _manifest_stem(uri, want_ext=True)
+    base = posixpath.dirname(uri)
+    has_uri = rows = 0
     try:
         with fsspec.open(uri, "rb", compression="infer") as f:
-            records = _records(f, ext)
+            for row, record in enumerate(_records(f, ext)):
+                rows += 1
+                has_uri = has_uri or (isinstance(record, dict) and "uri" in record)
+                yield _manifest_row(row, record, base)
     except (OSError, ValueError, csv.Error) as exc:
         raise ValueError(f"cannot read manifest {uri}: {exc}") from exc
-    columns = {name for record in records if isinstance(record, dict) for name in record}
-    if records and "uri" not in columns:
-        raise ValueError(f"manifest {uri} has no 'uri' column (columns: {', '.join(sorted(columns)) or 'none'})")
-    base = posixpath.dirname(uri)
-    return [_manifest_row(row, record, base) for row, record in enumerate(records)]
+    if rows and not has_uri:
+        raise ValueError(f"manifest {uri} has no 'uri' column")
 
 
-def _records(f: Any, ext: str) -> list[dict[str, Any] | str]:
-    """Rows as dicts; a jsonl line that does not parse is kept as its error message."""
+def _records(f: Any, ext: str) -> Iterator[dict[str, Any] | str]:
+    """Rows as dicts, streamed; a jsonl line that does not parse is kept as its error message."""
     if ext == "parquet":
-        return pq.read_table(f).to_pylist()
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=65536):
+            yield from batch.to_pylist()
+        return
     text = io.TextIOWrapper(f, encoding="utf-8", newline="")
     if ext == "csv":
-        return list(csv.DictReader(text))
-    records: list[dict[str, Any] | str] = []
+        yield from csv.DictReader(text)
+        return
     for number, line in enumerate(text, start=1):
         if not line.strip():
             continue
@@ -228,8 +284,7 @@ def _records(f: Any, ext: str) -> list[dict[str, Any] | str]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             record = f"line {number} is not valid JSON: {exc}"
-        records.append(record if isinstance(record, (dict, str)) else f"line {number} is not a JSON object")
-    return records
+        yield record if isinstance(record, (dict, str)) else f"line {number} is not a JSON object"
 
 
 def _manifest_row(row: int, record: dict[str, Any] | str, base: str) -> ManifestRow:
@@ -265,12 +320,13 @@ def _frame_shards(root: str, per_shard: int) -> list[Shard]:
 # ---- streaming ----
 
 
-def iter_videos(shard: Shard) -> Iterator[VideoInput | VideoError]:
-    """The shard's samples in order, one in memory at a time; bad ones become VideoError."""
+def iter_videos(shard: Shard, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[VideoInput | VideoError]:
+    """The shard's samples in order, one in memory at a time; bad ones become VideoError (a tar member
+    over `max_member_bytes` is one, unread)."""
     if shard.format == "wds":
-        samples: Iterable[VideoInput | VideoError] = _tar_samples(shard)
+        samples: Iterable[VideoInput | VideoError] = _tar_samples(shard, max_member_bytes)
     elif shard.format == "manifest":
-        samples = (_row_input(shard, row) for row in shard.items)
+        samples = (_row_input(shard, row) for row in _shard_rows(shard))
     else:
         samples = (_folder_input(uri) for uri in shard.items)
     seen: set[str] = set()
@@ -291,11 +347,11 @@ class _Sample:
     video: tuple[str, str, bytes] | None = None  # member name, extension, bytes
 
 
-def _tar_samples(shard: Shard) -> Iterator[VideoInput | VideoError]:
+def _tar_samples(shard: Shard, max_member_bytes: int) -> Iterator[VideoInput | VideoError]:
     current = _Sample(None)
     try:
         with fsspec.open(shard.uri, "rb") as f:
-            for member in read_tar(f, shard.uri):
+            for member in read_tar(f, shard.uri, max_member_bytes):
                 name = member.name
                 ext = None if member.refused else _video_extension(name)
                 belongs = ext is None and current.key is not None and name.startswith(current.key + ".")
@@ -415,7 +471,7 @@ def _frame_gaps(frames: dict[int, list[str]]) -> str | None:
     if doubled:
         return f"two files for one frame: {', '.join(doubled[0])}"
     numbers = sorted(frames)
-    steps = [b - a for a, b in pairwise(numbers)]
+    steps = [b - a for a, b in itertools.pairwise(numbers)]
     step = min(steps, default=1)
     span = f"frames {numbers[0]:05d}..{numbers[-1]:05d}"
     if any(s % step for s in steps):

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 MAX_KEY_LENGTH = 80
+MAX_MEMBER_BYTES = 16 * 2**30  # a member claiming more is refused before a byte of it is read
 _SAFE_KEY = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_KEY_LENGTH}}}")
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes decoding with surrogateescape could not read
 # what reading a tar from `_open_tar_stream` raises when the archive (or its compression) is damaged
 _TAR_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error)
 
@@ -56,8 +58,10 @@ class TarMember:
     read: Callable[[], bytes]
 
 
-def read_tar(f: BinaryIO, uri: str) -> Iterator[TarMember]:
-    """The members of the tar in `f` (compressed or not), in order, directories left out.
+def read_tar(f: BinaryIO, uri: str, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[TarMember]:
+    """The members of the tar in `f` (compressed or not), in order, directories left out. Names that are
+    not UTF-8 come with their undecodable bytes escaped (`caf%E9.mp4`), so they can be keys, rows and
+    messages; members over `max_member_bytes` (or sparse) are refused unread.
 
     Raises `TarDamaged` at the break of a truncated or corrupt tar, after the members before it.
     """
@@ -67,8 +71,9 @@ def read_tar(f: BinaryIO, uri: str) -> Iterator[TarMember]:
             for member in tar:
                 if member.isdir():
                     continue
-                last = member.name
-                yield TarMember(member.name, _refusal(member), _reader(tar, member, uri))
+                name = printable(member.name)
+                last = name
+                yield TarMember(name, _refusal(member, name, max_member_bytes), _reader(tar, member, uri))
     except _TAR_STREAM_ERRORS as exc:
         raise _damaged(uri, last, exc) from exc
 
@@ -85,12 +90,22 @@ def _open_tar_stream(f: BinaryIO) -> Iterator[tarfile.TarFile]:
         yield tar
 
 
-def _refusal(member: tarfile.TarInfo) -> str | None:
-    name = member.name
+def printable(name: str) -> str:
+    """A tar member name as text any writer takes: each byte that was not UTF-8 (tarfile keeps it as a
+    surrogate) becomes `%XX`, as in a URL (a backslash would read as a Windows path)."""
+    return _UNDECODED.sub(lambda m: f"%{ord(m.group()) - 0xDC00:02X}", name)
+
+
+def _refusal(member: tarfile.TarInfo, name: str, max_bytes: int) -> str | None:
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in re.split(r"[/\\]", name):
         return f"member name {name!r} is refused: absolute paths and '..' are not allowed in a shard"
     if not member.isfile():
         return f"member {name!r} is refused: it is a link or special file, not a regular file"
+    if member.issparse():
+        return f"member {name!r} is refused: a sparse member (its size is claimed, not stored)"
+    if member.size > max_bytes:
+        limit = f"over the limit of {max_bytes} (source.max_member_bytes)"
+        return f"member {name!r} is refused: {member.size} bytes, {limit}"
     return None
 
 

@@ -24,7 +24,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from masklet.config import JobConfig
 from masklet.io import storage
 from masklet.io.checkpoint_files import fetch
-from masklet.io.layout import JOB_FILE, PROGRESS_FILE, SHARD_DIRS
+from masklet.io.layout import JOB_FILE, MANIFEST_DIR, PROGRESS_FILE, SHARD_DIRS
 from masklet.io.sinks import list_done
 from masklet.io.sources import Shard, list_shards
 from masklet.jobs.cluster import Cluster, Layout, connect, describe_cluster, plan_layout, reachable
@@ -68,8 +68,8 @@ def plan_job(config: JobConfig, *, force: bool = False) -> JobPlan:
     storage.configure(config.storage)
     if config.ray.address is not None:
         reachable(config.ray.address)
-    shards = list_shards(config.source)
     storage.ensure_writable_dir(config.output.uri)
+    shards = list_shards(config.source, spill=storage.join(config.output.uri, MANIFEST_DIR))
     done = list_done(config.output.uri) & {s.id for s in shards}
     sha256 = config.model.sha256
     if config.model.weights and sha256 is None:

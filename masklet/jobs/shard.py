@@ -156,7 +156,7 @@ def process_shard(
     keys: set[str] = set()
     writer = ShardWriter(output_uri, shard.id, model=model, config_hash=config_hash, write_video=write_video)
     with writer:
-        for item in iter_videos(shard):
+        for item in iter_videos(shard, source.max_member_bytes):
             watch.video_started(item.key)
             video = label_video(item, pipeline, source, watch)
             video.record = _unique_key(video.record, keys)
