@@ -90,6 +90,18 @@ def test_odd_dimensions_decode(codec: str, container: str, pix_fmt: str, backend
     assert indices == list(range(6))
 
 
+@pytest.mark.parametrize(("width", "height"), [(16, 1024), (8, 8), (48, 32)])
+def test_narrow_videos_decode_to_their_own_pixels(width: int, height: int) -> None:
+    """decord packs the rows of videos 2..72 pixels wide into [H, W, 4..48]: PyAV decodes those."""
+    with open_video(encode(3, width=width, height=height), key="k") as stream:
+        frames = list(stream)
+    assert (stream.height, stream.width, stream.backend) == (height, width, "pyav")
+    for frame in frames:
+        assert frame.rgb.shape == (height, width, 3)
+        error = np.abs(frame.rgb.astype(int) - index_frame(frame.index, width, height)).mean()
+        assert error < 12, error
+
+
 @pytest.mark.parametrize(("codec", "container"), [("libx264", "mp4"), ("ffv1", "matroska")])
 def test_grayscale_decodes_to_rgb(codec: str, container: str) -> None:
     with open_video(encode(4, codec=codec, container=container, pix_fmt="gray"), key="k") as stream:

@@ -142,6 +142,9 @@ class _Decord(_Decoder):
         with _stderr_silenced():
             self._reader = decord.VideoReader(io.BytesIO(data))
         self._first: np.ndarray | None = self._reader.next().asnumpy()
+        if self._first.ndim != 3 or self._first.shape[2] != 3:
+            # decord packs the rows of narrow videos (width 2..72) wrongly: [H, W, 6] for 16 pixels wide
+            raise RuntimeError(f"decord decoded a frame of shape {self._first.shape}, not [H, W, 3]")
         self.frame_count = len(self._reader)
         self.fps = float(self._reader.get_avg_fps()) or None
         self.height, self.width = self._first.shape[:2]
