@@ -9,12 +9,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import fsspec
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from masklet.io import storage
 from masklet.io.tars import MAX_MEMBER_BYTES
 from masklet.weights import WeightsError, how_to_get, resolve_weights
 
@@ -49,14 +50,32 @@ PLACEMENT = (
 )
 
 
+GLOB_CHARS = "*?[{"  # fsspec globs and brace patterns
+
+
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names every key at fault."""
 
 
 class Section(BaseModel):
-    """Unknown keys are refused: a misspelt option must not be silently ignored."""
+    """Unknown keys are refused: a misspelt option must not be silently ignored. So are numbers that
+    are not numbers: `.inf` or `nan` (`source.fps=.inf` would keep every frame) and booleans, which
+    pydantic otherwise reads as 1 and 0 (`points_per_side=true` would run one point)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and _names(annotation, (int, float)) and not _names(annotation, (bool,)):
+            raise ValueError(f"{str(value).lower()} is a boolean; this setting takes a number")
+        return value
+
+
+def _names(annotation: Any, types: tuple[type, ...]) -> bool:
+    """Whether a type annotation (unions, optionals, Annotated) admits any of `types`."""
+    return annotation in types or any(_names(arg, types) for arg in get_args(annotation))
 
 
 SectionT = TypeVar("SectionT", bound=Section)
@@ -138,12 +157,12 @@ class PipelineConfig(Section):
     (`SAM2AutomaticMaskGenerator`), under its names and with its defaults."""
 
     mode: Literal["auto", "prompted"] = "auto"
-    points_per_side: int = Field(default=32, ge=1)
+    points_per_side: int = Field(default=32, ge=1, le=256, description="256: 65,536 prompts per frame")
     points_per_batch: int = Field(default=64, ge=1)
     pred_iou_thresh: Fraction = 0.8
     stability_score_thresh: Fraction = 0.95
     stability_score_offset: float = Field(default=1.0, ge=0.0)
-    mask_threshold: float = Field(default=0.0, allow_inf_nan=False, description="mask logit threshold")
+    mask_threshold: float = Field(default=0.0, description="mask logit threshold")
     box_nms_thresh: Fraction = 0.7
     crop_n_layers: int = Field(default=0, ge=0)
     crop_nms_thresh: Fraction = 0.7
@@ -283,8 +302,18 @@ class JobConfig(Section):
 
     @model_validator(mode="after")
     def _output_is_not_input(self) -> JobConfig:
-        if self.output.uri.rstrip("/") == self.source.uri.rstrip("/"):
-            raise ValueError(f"output.uri must differ from source.uri (both {self.output.uri!r})")
+        """The outputs must not become inputs: a rerun would list them and refuse or label them."""
+        source, output = self.source.uri, self.output.uri
+        cut = min((source.find(c) for c in GLOB_CHARS if c in source), default=len(source))
+        folder = source if cut == len(source) else source[:cut].rpartition("/")[0]
+        pattern = source[len(folder) :].lstrip("/")
+        if storage.normalized(output) == storage.normalized(folder) or (
+            storage.is_inside(output, folder) and (not pattern or "/" in pattern or "**" in pattern)
+        ):
+            raise ValueError(
+                f"output.uri {output!r} is inside the input {source!r}: the outputs would be read as inputs; "
+                "write them beside it"
+            )
         return self
 
     def content_hash(self) -> str:

@@ -47,7 +47,12 @@ def test_dotted_overrides_are_typed_by_yaml() -> None:
         ("model.device=gpu", "model.device: String should match pattern"),
         ("model.sha256=abc", "model.sha256: String should match pattern"),
         ("filters.min_area_rel=0.5", "min_area_rel (0.5) must not exceed max_area_rel (0.1)"),
-        ("output.uri=in/", "output.uri must differ from source.uri"),
+        ("output.uri=in/", "output.uri 'in/' is inside the input 'in/': the outputs would be read as inputs"),
+        ("source.fps=.inf", "source.fps: Input should be a finite number"),
+        ("pipeline.mask_threshold=.nan", "pipeline.mask_threshold: Input should be a finite number"),
+        ("pipeline.points_per_side=true", "pipeline.points_per_side: true is a boolean; this setting takes a number"),
+        ("workers.num_gpus=false", "workers.num_gpus: false is a boolean"),
+        ("pipeline.points_per_side=100000", "pipeline.points_per_side: Input should be less than or equal to 256"),
         ("storage.s4.endpoint_url=x", "storage: unknown storage protocol s4; expected fsspec protocols"),
     ],
 )
@@ -62,6 +67,31 @@ def test_bad_values_are_refused_naming_the_key(override: str, expected: str) -> 
         load_config(path, [override])
     assert expected in str(err.value)
     assert str(err.value).startswith("invalid config memory://bad.yaml")
+
+
+@pytest.mark.parametrize(
+    ("source", "output", "inside"),
+    [
+        ("corpus/shard-*.tar", "corpus/out", False),  # the glob reads no folder below corpus/
+        ("corpus/shard-*.tar", "./corpus/", True),
+        ("corpus/**/*.tar", "corpus/out", True),
+        ("corpus/*/*.tar", "corpus/out", True),
+        ("corpus/shard-{000..003}.tar", "corpus", True),
+        ("corpus", "corpus/out", True),  # a folder of frame folders
+        ("file://{cwd}/corpus", "./corpus/out", True),
+        ("corpus/videos.jsonl", "corpus/out", False),
+        ("s3://bucket/in/*.tar", "s3://bucket/out", False),
+        ("s3://bucket/in/", "s3://bucket//in/out/", True),
+        ("s3://bucket/in/**.tar", "s3://bucket/in/out", True),
+    ],
+)
+def test_output_inside_the_input_is_refused(source: str, output: str, inside: bool) -> None:
+    data = {**MINIMAL, "source": {"uri": source.replace("{cwd}", str(Path.cwd()))}, "output": {"uri": output}}
+    if not inside:
+        validate_config(data)
+        return
+    with pytest.raises(ConfigError, match="is inside the input"):
+        validate_config(data)
 
 
 def test_every_error_is_reported_at_once() -> None:

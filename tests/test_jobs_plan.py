@@ -6,11 +6,16 @@ import io
 import json
 from pathlib import Path
 
+import fsspec
 import pytest
+import s3fs
+import torch
 from jobs_helpers import write_config
 
 from masklet.cli import main
 from masklet.config import load_config, validate_config
+from masklet.io import storage
+from masklet.io.storage import RetryPolicy
 from masklet.jobs.cluster import Cluster, ClusterError, plan_layout
 from masklet.jobs.job_record import JobConflict, JobRecord, claim_output, read_job
 from masklet.jobs.progress import Progress
@@ -50,16 +55,32 @@ def test_output_root_of_another_job_is_refused_unless_forced(tmp_path: Path) -> 
     first = validate_config(_config())
     second = validate_config(_config(source={"fps": 12}))
     root = str(tmp_path / "out")
-    assert claim_output(root, JobRecord.for_config(first, None), force=False) == "new"
-    assert claim_output(root, JobRecord.for_config(first, None), force=False) == "resume"
+    assert claim_output(root, JobRecord.for_config(first, None), force=False, committed=False) == "new"
+    assert claim_output(root, JobRecord.for_config(first, None), force=False, committed=True) == "resume"
     with pytest.raises(JobConflict, match=r"settings changed: source\.fps.*--force"):
-        claim_output(root, JobRecord.for_config(second, None), force=False)
+        claim_output(root, JobRecord.for_config(second, None), force=False, committed=True)
     with pytest.raises(JobConflict, match="the checkpoint changed"):
-        claim_output(root, JobRecord.for_config(first, "ab" * 32), force=False)
-    assert claim_output(root, JobRecord.for_config(second, None), force=True) == "forced"
+        claim_output(root, JobRecord.for_config(first, "ab" * 32), force=False, committed=True)
+    assert claim_output(root, JobRecord.for_config(second, None), force=True, committed=True) == "forced"
     job = read_job(root)
     assert job["config_hash"] == second.content_hash()
     assert [h["config_hash"] for h in job["history"]] == [first.content_hash()]
+
+
+def test_a_job_that_committed_no_shard_locks_nothing(tmp_path: Path) -> None:
+    """A job refused on its workers (no CUDA, a GPU count the cluster lacks) leaves job.json but no
+    shard: the corrected rerun replaces it without --force."""
+    broken = validate_config(_config(model={"device": "cuda"}))
+    fixed = validate_config(_config())
+    root = str(tmp_path / "out")
+    assert claim_output(root, JobRecord.for_config(broken, None), force=False, committed=False) == "new"
+    assert claim_output(root, JobRecord.for_config(fixed, None), force=False, committed=False) == "replaced"
+    job = read_job(root)
+    assert job["config_hash"] == fixed.content_hash() and job["history"] == []
+
+
+class _Pickled:
+    """Any class: unpickling it would run its module's code."""
 
 
 def test_run_refuses_before_any_work_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -67,6 +88,9 @@ def test_run_refuses_before_any_work_with_exit_2(tmp_path: Path, capsys: pytest.
     write_corpus(str(corpus), videos=1, per_shard=1, seed=0, width=64, height=48, frames=2, fps=24.0)
     out = tmp_path / "out"
     config = write_config(tmp_path / "job.yaml", f"{corpus}/shard-*.tar", out)
+    unsafe, foreign = tmp_path / "unsafe.pt", tmp_path / "foreign.pt"
+    torch.save({"model": {"step": _Pickled()}}, unsafe)  # an object a weights-only load refuses
+    torch.save({"model": {"head.weight": torch.zeros(2)}}, foreign)  # keys of another model
     cases = [
         ([str(tmp_path / "nothing.yaml")], "config file"),
         ([str(config), f"source.uri={tmp_path}/missing/*.tar"], "no .tar files match"),
@@ -77,11 +101,19 @@ def test_run_refuses_before_any_work_with_exit_2(tmp_path: Path, capsys: pytest.
         ([str(config), "model.init=checkpoint"], "sam2.1_hiera_t has no weights: set model.checkpoint to 'official'"),
         (["--config-json", "[1]"], "must be a JSON object"),
         ([str(config), "ray.address=127.0.0.1:1"], "cannot reach the Ray cluster at ray.address='127.0.0.1:1'"),
+        ([str(config), "model.device=cuda:7"], "model.device 'cuda:7': this machine has"),
+        ([str(config), "model.init=checkpoint", f"model.checkpoint={unsafe}"], "model.checkpoint: checkpoint"),
+        ([str(config), "model.init=checkpoint", f"model.checkpoint={unsafe}"], "refused: it holds pickled objects"),
+        ([str(config), "model.init=checkpoint", f"model.checkpoint={foreign}"], "1 unexpected"),
     ]
     for args, message in cases:
         assert main(["run", *args]) == 2, args
         assert message in capsys.readouterr().err, args
-    claim_output(str(out), JobRecord.for_config(load_config(str(config), ["source.fps=12"]), None), force=False)
+    assert not (out / "job.json").exists()  # nothing claimed: the corrected rerun just runs
+    other = JobRecord.for_config(load_config(str(config), ["source.fps=12"]), None)
+    claim_output(str(out), other, force=False, committed=False)
+    (out / "_done").mkdir()
+    (out / "_done" / "shard-000000.json").write_text("{}")  # the other job committed a shard here
     assert main(["run", str(config)]) == 2
     err = capsys.readouterr().err
     assert "holds the outputs of another job (settings changed: source.fps" in err
@@ -148,3 +180,18 @@ def test_config_command_prints_the_config_hash(capsys: pytest.CaptureFixture[str
     config = Path(__file__).parents[1] / "configs/demo.yaml"
     assert main(["config", str(config)]) == 0
     assert f"# config hash: {load_config(str(config)).content_hash()} " in capsys.readouterr().out
+
+
+def test_an_unreachable_source_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(storage, "DEFAULT_RETRY", RetryPolicy(attempts=2, base_delay=0.0))
+    monkeypatch.setitem(fsspec.config.conf, "s3", dict(fsspec.config.conf.get("s3", {})))  # restored after
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "x")
+    s3fs.S3FileSystem.clear_instance_cache()
+    config = write_config(tmp_path / "job.yaml", "s3://bucket/in/*.tar", tmp_path / "out")
+    assert main(["run", str(config), "storage.s3.endpoint_url=http://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "list s3://bucket/in/*.tar failed after 2 attempts" in err and "Traceback" not in err
+    s3fs.S3FileSystem.clear_instance_cache()

@@ -72,7 +72,12 @@ def test_official_weights_from_a_mirror_load_strictly(mirror: Path) -> None:
 
 
 def test_job_json_pins_the_sha256_of_the_first_download(mirror: Path, tmp_path: Path) -> None:
-    (mirror / "sam2_hiera_small.pt").write_bytes(b"stand-in bytes: planning fetches, workers load")
+    # every key and shape of the model (planning checks them), each a zero-stride view of one number: 170 kB
+    shapes = build_model("sam2_hiera_s", device="meta").state_dict()
+    torch.save(
+        {"model": {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in shapes.items()}},
+        mirror / "sam2_hiera_small.pt",
+    )
     (tmp_path / "in").mkdir()
     with fsspec.open(str(tmp_path / "in" / "shard-000000.tar"), "wb") as f:
         f.write(b"\0" * 1024)

@@ -199,7 +199,8 @@ def _expand(pattern: str, *extensions: str) -> list[str]:
             continue
         fs, path = url_to_fs(uri)
         globs = [path] if _GLOB_CHARS.search(path) else [f"{path.rstrip('/')}/*.{ext}" for ext in extensions]
-        uris.extend(_to_uri(fs, found) for found in sorted({p for g in globs for p in fs.glob(g)}))
+        found = {p for g in globs for p in storage.call("list", uri, fs.glob, g)}
+        uris.extend(_to_uri(fs, p) for p in sorted(found))
     if not uris:
         kinds = ", ".join(f".{ext}" for ext in extensions)
         raise ValueError(f"no {kinds} files match {pattern!r}{where_relative(pattern)}")
@@ -216,7 +217,8 @@ def _manifest_shards(uri: str, size: int, spill: str | None) -> Iterator[Shard]:
     folder = storage.join(spill, _spill_name(uri, size))
     fs, path = url_to_fs(folder)
     fs.invalidate_cache(path)
-    written = {posixpath.basename(p) for p in fs.glob(f"{path}/*.jsonl")}  # by an earlier run of this job
+    listed = storage.call("list", folder, fs.glob, f"{path}/*.jsonl")
+    written = {posixpath.basename(p) for p in listed}  # by an earlier run of this job
     for index, chunk in enumerate(_chunks(rows, size)):
         shard_id = f"{stem}-{index:06d}"
         rows_uri = storage.join(folder, f"{shard_id}.jsonl")
@@ -305,9 +307,10 @@ def _manifest_row(row: int, record: dict[str, Any] | str, base: str) -> Manifest
 
 def _frame_shards(root: str, per_shard: int) -> list[Shard]:
     fs, path = url_to_fs(root)
-    if not fs.isdir(path):
+    if not storage.call("check", root, fs.isdir, path):
         raise ValueError(f"frames root {root!r} is not a directory{where_relative(root)}")
-    folders = sorted(_to_uri(fs, e["name"]) for e in fs.ls(path, detail=True) if e["type"] == "directory")
+    entries = storage.call("list", root, fs.ls, path, detail=True)
+    folders = sorted(_to_uri(fs, e["name"]) for e in entries if e["type"] == "directory")
     if not folders:
         raise ValueError(f"no video folders under {root!r} (expected ROOT/{{video}}/{{frame:05d}}.jpg)")
     name = _basename(root.rstrip("/"))
@@ -451,7 +454,7 @@ def _folder_input(folder: str) -> VideoInput | VideoError:
     key = sanitize_key(name)
     fs, path = url_to_fs(folder)
     frames: dict[int, list[str]] = {}
-    for found in fs.ls(path, detail=False):
+    for found in storage.call("list", folder, fs.ls, path, detail=False):
         stem, _, ext = _basename(found).rpartition(".")
         if ext.lower() in FRAME_EXTENSIONS and stem.isdigit():
             frames.setdefault(int(stem), []).append(_to_uri(fs, found))

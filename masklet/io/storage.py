@@ -22,6 +22,7 @@ import errno
 import functools
 import logging
 import os
+import posixpath
 import random
 import tempfile
 import time
@@ -221,6 +222,21 @@ def url_to_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a URI with '/', whatever the protocol."""
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def normalized(uri: str) -> str:
+    """One spelling per location, for comparing URIs: `./corpus`, `corpus/` and `file:///cwd/corpus`
+    are the same folder. Local paths become absolute; no storage is touched."""
+    protocol, path = fsspec.core.split_protocol(uri)
+    if protocol in (None, "file", "local"):
+        return "file://" + os.path.abspath(os.path.expanduser(path))
+    return f"{protocol}://{posixpath.normpath(path).lstrip('/')}"
+
+
+def is_inside(uri: str, folder: str) -> bool:
+    """Whether `uri` is `folder` or lies under it, both normalised."""
+    uri, folder = normalized(uri), normalized(folder).rstrip("/")
+    return uri == folder or uri.startswith(folder + "/")
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

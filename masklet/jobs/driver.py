@@ -23,7 +23,6 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from masklet.config import JobConfig
 from masklet.io import storage
-from masklet.io.checkpoint_files import fetch
 from masklet.io.layout import JOB_FILE, MANIFEST_DIR, PROGRESS_FILE, SHARD_DIRS
 from masklet.io.sinks import list_done
 from masklet.io.sources import Shard, list_shards
@@ -32,7 +31,9 @@ from masklet.jobs.job_record import JobRecord, claim_output
 from masklet.jobs.progress import FailedShard, Progress
 from masklet.jobs.scheduler import AttemptFailed, Limits, Scheduler, WorkerLost
 from masklet.jobs.worker import ShardWorker
+from masklet.model.device import resolve_device
 from masklet.pipelines.contract import factory_path, load_factory
+from masklet.pipelines.model_loading import check_weights
 
 
 class JobSetupError(ValueError):
@@ -47,7 +48,7 @@ class JobPlan:
     shards: list[Shard]
     done: set[str]
     record: JobRecord
-    claim: str  # "new", "resume" or "forced" (see job_record.claim_output)
+    claim: str  # "new", "resume", "replaced" or "forced" (see job_record.claim_output)
     factory: str
 
     @property
@@ -66,16 +67,16 @@ def plan_job(config: JobConfig, *, force: bool = False) -> JobPlan:
     factory = factory_path(config)
     load_factory(factory)
     storage.configure(config.storage)
-    if config.ray.address is not None:
+    if config.ray.address is None:
+        resolve_device(config.model.device)  # the embedded workers run on this machine: it must have the GPU
+    else:
         reachable(config.ray.address)
     storage.ensure_writable_dir(config.output.uri)
     shards = list_shards(config.source, spill=storage.join(config.output.uri, MANIFEST_DIR))
-    done = list_done(config.output.uri) & {s.id for s in shards}
-    sha256 = config.model.sha256
-    if config.model.weights and sha256 is None:
-        sha256 = fetch(config.model.weights).sha256
-    record = JobRecord.for_config(config, sha256)
-    claim = claim_output(config.output.uri, record, force=force)
+    committed = list_done(config.output.uri)
+    done = committed & {s.id for s in shards}
+    record = JobRecord.for_config(config, check_weights(config.model, config.model.sha256))
+    claim = claim_output(config.output.uri, record, force=force, committed=bool(committed))
     return JobPlan(config, shards, done, record, claim, factory)
 
 
@@ -251,6 +252,7 @@ def _print_plan(plan: JobPlan, out: TextIO) -> None:
     claim = {
         "new": "new job",
         "resume": "resuming",
+        "replaced": "new job; the job.json of one that committed no shard here replaced",
         "forced": "--force: another job's outputs kept, job.json now records this one",
     }
     model = config.model

@@ -70,17 +70,22 @@ def read_job(output_uri: str) -> dict[str, Any] | None:
         raise JobConflict(f"{exc}; move it away if this root is yours") from exc
 
 
-def claim_output(output_uri: str, record: JobRecord, *, force: bool) -> str:
-    """Write job.json unless it already describes this job; return "new", "resume" or "forced".
+def claim_output(output_uri: str, record: JobRecord, *, force: bool, committed: bool) -> str:
+    """Write job.json unless it already describes this job; return "new", "resume", "replaced" or "forced".
 
     A root holding another job (different hash or checkpoint) is refused unless `force`: then the
-    new job is recorded, the old one goes into `history`, and its done shards stay as they are.
+    new job is recorded, the old one goes into `history`, and its done shards stay as they are. A
+    job that committed no shard there (`committed` false: it failed before its first) locks nothing:
+    its job.json is replaced, so the corrected rerun of a job refused on a worker just runs.
     """
     existing = read_job(output_uri)
     if existing is not None:
         old = (existing.get("config_hash"), existing.get("checkpoint_sha256"))
         if old == record.identity():
             return "resume"
+        if not committed:
+            layout.write_json(output_uri, JOB_FILE, record.to_json())
+            return "replaced"
         if not force:
             raise JobConflict(_conflict_message(output_uri, existing, record))
         past = {k: existing.get(k) for k in ("config_hash", "model", "checkpoint_sha256", "created_at")}

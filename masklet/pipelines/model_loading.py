@@ -7,6 +7,7 @@ untrained weights are built only for `model.init: random`, seeded so every worke
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ import torch
 from masklet.config import ModelConfig
 from masklet.io import checkpoint_files
 from masklet.model import SAM2Model, build_model
-from masklet.model.checkpoint import CheckpointError, load_state_dict, read_state_dict
+from masklet.model.checkpoint import CheckpointError, check_state_dict, load_state_dict, read_state_dict
 
 RANDOM_WEIGHTS_SEED = 0
 
@@ -26,13 +27,34 @@ def load_weights(model: torch.nn.Module, uri: str, sha256: str | None = None) ->
     afresh instead of failing on the same bytes.
     """
     copy = checkpoint_files.fetch(uri, sha256=sha256)
+    load_state_dict(model, _read(copy, uri), uri)
+    return copy
+
+
+def _read(copy: checkpoint_files.LocalCopy, uri: str) -> Mapping[str, Any]:
     try:
-        state = read_state_dict(copy.path, name=uri)
+        return read_state_dict(copy.path, name=uri)
     except CheckpointError:
         checkpoint_files.evict(copy)
         raise
-    load_state_dict(model, state, uri)
-    return copy
+
+
+def check_weights(config: ModelConfig, checkpoint_sha256: str | None = None) -> str | None:
+    """Fetch `config`'s weights and check them (safe to read, every key and shape) against its model
+    built on the meta device, which allocates nothing; return their sha256, None for `init: random`.
+
+    A job calls this before it claims its output root, so a checkpoint its workers would refuse costs
+    seconds, not a cluster start. Errors name the key: `model.checkpoint: ...`.
+    """
+    if config.weights is None:
+        return None
+    try:
+        copy = checkpoint_files.fetch(config.weights, sha256=checkpoint_sha256)
+        model = build_model(config.name, image_size=config.image_size, device="meta")
+        check_state_dict(model, _read(copy, config.weights), config.weights)
+        return copy.sha256
+    except (CheckpointError, checkpoint_files.ChecksumError, OSError) as exc:
+        raise CheckpointError(f"model.checkpoint: {exc}") from exc
 
 
 def load_model(
