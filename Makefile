@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 CONSTRAINTS := requirements/dev-constraints.txt
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-model engine-loop test lint install dev-install clean
+.PHONY: demo demo-model engine-loop test lint install dev-install review-tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ lint: dev-install
 
 test: lint
 	$(BIN)/pytest -q
+
+# The reference tools the review tests check masklet's files with (datumaro; a Label Studio server and SDK),
+# each in a venv of its own under ~/.cache/masklet/tools (tests/review_tools.py; the tests make them on first
+# use too). About 5 minutes the first time on a 2-core machine, then nothing.
+review-tools: dev-install
+	$(BIN)/python tests/review_tools.py
 
 demo: install
 	$(BIN)/masklet synth demo-output/corpus --videos 8 --per-shard 4 --seed 0

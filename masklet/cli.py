@@ -1,6 +1,7 @@
 """The `masklet` command line.
 
-Exit codes: 0 success, 1 work that ran and failed in part, 2 a bad config or bad arguments
+Exit codes: 0 success, 1 work that ran and failed in part, 3 done below workers.min_count workers,
+2 a bad config or bad arguments
 found before any work started.
 """
 
@@ -284,6 +285,98 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
     show.set_defaults(run=_cmd_show)
 
 
+def _cmd_review_export(args: argparse.Namespace) -> int:
+    from masklet.review.export import FORMATS, ExportSettings, export_review
+
+    settings = ExportSettings(
+        by=args.by,
+        top_k=args.top_k,
+        fraction=args.fraction,
+        per_video=args.per_video,
+        seed=args.seed,
+        formats=FORMATS if args.format is None else (args.format,),
+        image_url_prefix=args.image_url_prefix,
+    )
+    manifest = export_review(args.out_uri, args.review_uri, settings)
+    frames = sum(len(v.frames) for v in manifest.videos)
+    print(
+        f"export {manifest.export_id}: {len(manifest.masklets)} of {manifest.selection['candidates']} kept masklets "
+        f"(by {args.by}) in {len(manifest.videos)} videos, {frames} frames, as {' and '.join(settings.formats)}; "
+        f"wrote {args.review_uri} (docs/review.md says how to load it)"
+    )
+    return EXIT_OK
+
+
+def _cmd_review_import(args: argparse.Namespace) -> int:
+    from masklet.review.corrections import import_review
+
+    summary = import_review(args.out_uri, args.corrections, args.format, args.new_out_uri, export_uri=args.export)
+    verdicts = ", ".join(f"{n} {v}" for v, n in summary.verdicts.items())
+    print(
+        f"export {summary.export_id}: {verdicts} ({summary.frames_changed} frames changed by a person), "
+        f"{summary.not_reviewed} not reviewed; wrote {summary.shards} shards to {args.new_out_uri}"
+    )
+    return EXIT_OK
+
+
+def _add_review_commands(commands: argparse._SubParsersAction) -> None:
+    from masklet.pipelines.doubt import ORDERS
+
+    review = commands.add_parser(
+        "review",
+        help="send masklets to people (CVAT, Label Studio) and bring their corrections back",
+        description="Human review of an output's masklets (docs/review.md): `export` chooses the masklets to "
+        "look at first and writes them with their frames for CVAT and Label Studio; `import` reads a tool's "
+        "export back into a new output root.",
+    )
+    sub = review.add_subparsers(dest="review_command", required=True, metavar="SUBCOMMAND")
+    export = sub.add_parser(
+        "export",
+        help="write the masklets a person should look at first, for CVAT and Label Studio",
+        description="Rank the kept masklets of OUT_URI (--by: lowest stability_mean or pred_iou_mean, most automatic "
+        "edits, i.e. re-seed disagreements, most visibility changes, fewest visible frames, or a seeded random "
+        "control), take --top-k or --fraction of them, at most --per-video per video, and write REVIEW_URI: "
+        "review.json and selection.csv (the selection and its scores), the frames as JPEG, CVAT XML 1.1 per video "
+        "and Label Studio tasks with the masks as predictions. OUT_URI is only read.",
+    )
+    export.add_argument("out_uri", metavar="OUT_URI", help="an output root (any fsspec URI)")
+    export.add_argument("review_uri", metavar="REVIEW_URI", help="a new folder for the export (any fsspec URI)")
+    export.add_argument("--by", choices=ORDERS, default="stability", help="what to look at first (default stability)")
+    size = export.add_mutually_exclusive_group(required=True)
+    size.add_argument("--top-k", type=int, help="export this many masklets")
+    size.add_argument("--fraction", type=float, help="export this fraction of the kept masklets (rounded half up)")
+    export.add_argument("--per-video", type=int, metavar="N", help="at most N masklets of one video")
+    export.add_argument("--seed", type=int, default=0, help="random seed for --by random (default 0)")
+    export.add_argument("--format", choices=("cvat", "labelstudio"), help="only this tool's files (default both)")
+    export.add_argument(
+        "--image-url-prefix",
+        default="/data/local-files/?d=",
+        metavar="PREFIX",
+        help="what Label Studio tasks put before an image's path in REVIEW_URI (default: Label Studio's local "
+        "files, with LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=REVIEW_URI)",
+    )
+    export.set_defaults(run=_cmd_review_export)
+
+    imp = sub.add_parser(
+        "import",
+        help="write a new output with a person's corrections and verdicts",
+        description="Read CORRECTIONS (CVAT: XML files or CVAT's export zips, one per video, or a folder of them; "
+        "Label Studio: its JSON export) and write NEW_OUT_URI: OUT_URI's shards with the masks a person changed, "
+        "human_edit_count and review_verdict per masklet, rejected masklets dropped with reason review. Everything "
+        "is checked first; a bad item refuses the whole import and nothing is written. OUT_URI is only read.",
+    )
+    imp.add_argument("out_uri", metavar="OUT_URI", help="the output root that was exported")
+    imp.add_argument("corrections", metavar="CORRECTIONS", help="the tool's export (file or folder)")
+    imp.add_argument("new_out_uri", metavar="NEW_OUT_URI", help="where the reviewed output goes (a new folder)")
+    imp.add_argument("--format", choices=("cvat", "labelstudio"), required=True, help="the tool CORRECTIONS come from")
+    imp.add_argument(
+        "--export",
+        metavar="REVIEW_URI",
+        help="the export folder (default: the one holding review.json in or above CORRECTIONS)",
+    )
+    imp.set_defaults(run=_cmd_review_import)
+
+
 def _add_job_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", metavar="CONFIG", help="YAML config (any fsspec URI)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. workers.count=2")
@@ -386,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the most-edited (or random) masklets of an output",
         description="Keep a subset of the kept masklets of IN_URI, across all its shards, and write the shards "
         "to OUT_URI; the others become kept=false, reject_reason=not_sampled. --by edits: most edits first "
-        "(ties: higher stability_mean, then video_key, masklet_id); --by random: a seeded random subset.",
+        "(a person's edited frames where reviewed, else automatic edits; ties: higher stability_mean, then "
+        "video_key, masklet_id); --by random: a seeded random subset.",
     )
     sample.add_argument("in_uri", metavar="IN_URI", help="an output root (any fsspec URI)")
     sample.add_argument("out_uri", metavar="OUT_URI", help="where the sampled shards go")
@@ -397,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="random seed for --by random (default 0)")
     sample.set_defaults(run=_cmd_sample)
     _add_report_commands(commands)
+    _add_review_commands(commands)
     _add_job_commands(commands)
     _add_eval_command(commands)
     _add_train_command(commands)

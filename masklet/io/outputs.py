@@ -22,7 +22,13 @@ import pyarrow.parquet as pq
 
 from masklet.io import layout, storage
 from masklet.io.layout import DONE_DIR, JOB_FILE, shard_files
-from masklet.io.schema import MaskletRecord, VideoRecord
+from masklet.io.schema import (
+    MASKLETS_SCHEMA,
+    VIDEOS_SCHEMA,
+    MaskletRecord,
+    VideoRecord,
+    with_added_columns,
+)
 from masklet.io.sinks import ShardWriter, list_done
 from masklet.io.storage import RetryPolicy
 from masklet.io.tars import read_tar
@@ -50,11 +56,24 @@ def read_table(
     columns: Sequence[str] | None = None,
     retry: RetryPolicy | None = None,
 ) -> pa.Table:
-    """`masklets` or `videos` of one shard, optionally only some columns (read by range, not whole)."""
+    """`masklets` or `videos` of one shard, optionally only some columns (read by range, not whole).
+
+    Columns added to the schema after the shard was written (`schema.ADDED_COLUMNS`) read as nulls.
+    """
     uri = storage.join(root, shard_files(shard_id)[name])
     fs, path = storage.url_to_fs(uri)
     cols = None if columns is None else list(columns)
-    return storage.call("read", uri, pq.read_table, path, filesystem=fs, columns=cols, retry=retry)
+    table = storage.call("read", uri, _read_parquet, path, fs, cols, retry=retry)
+    if cols is None or table.column_names == cols:
+        return table
+    return with_added_columns(table, MASKLETS_SCHEMA if name == "masklets" else VIDEOS_SCHEMA, cols)
+
+
+def _read_parquet(path: str, fs: Any, columns: list[str] | None) -> pa.Table:
+    """The columns of `columns` the file has (all with None), from one open of the file."""
+    with pq.ParquetFile(path, filesystem=fs) as f:
+        present = set(f.schema_arrow.names)
+        return f.read(columns=None if columns is None else [c for c in columns if c in present])
 
 
 def read_marker(root: str, shard_id: str, *, retry: RetryPolicy | None = None) -> dict:

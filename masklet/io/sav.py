@@ -17,8 +17,10 @@ configuration or, when the file has one, from an `fps` field: annotated frames p
 entry i read as video frame i * (frames_fps // int(fps)), `frames_fps` being the loader's setting
 (the video's frame rate). Besides that field, masklet adds fields of its own: `video_fps`,
 `masklet_frame_indices` (the video frame of each `masklet` entry: the authority for masklet's
-readers, so they never guess the stride), `masklet_source` (masklet's kind of each masklet).
-Files without `masklet_frame_indices` are read as the official loader reads them for SA-V.
+readers, so they never guess the stride), `masklet_source` (masklet's kind of each masklet) and,
+for a video with reviewed masklets, `masklet_review` (each one's review verdict, null where nobody
+reviewed it). A masklet a person corrected is SA-V's "manual" type, its `masklet_edited_frame_count` the
+frames they changed. Files without `masklet_frame_indices` are read as the official loader reads them for SA-V.
 """
 
 from __future__ import annotations
@@ -78,12 +80,15 @@ def build(
     sources: Sequence[str] | None = None,
     edited_frame_counts: Sequence[int] | None = None,
     stability_scores: Sequence[Sequence[float]] | None = None,
+    review_verdicts: Sequence[str | None] | None = None,
 ) -> dict:
     """An SA-V annotation from RLEs indexed [annotated frame][object] of a video at `fps`.
 
     `frame_indices` defaults to every frame (0, 1, 2, ...) and `video_frame_count` to one past the
     last annotated frame. `sources` (keys of SAV_TYPES) default to "synthetic" (ground truth);
     `stability_scores` are [annotated frame][object] like `masklet`, or None (a manual file).
+    `review_verdicts`: per object what a person said of it (`accepted`, `corrected`, or None where
+    nobody reviewed it); a corrected masklet is "manual" and the file gets `masklet_review`.
     Statistics are computed from the RLE areas, never from dense masks.
     """
     num_entries = len(masklet)
@@ -108,8 +113,11 @@ def build(
     ids = list(range(num_objects)) if masklet_ids is None else [int(i) for i in masklet_ids]
     sources = ["synthetic"] * num_objects if sources is None else list(sources)
     edited = [0] * num_objects if edited_frame_counts is None else [int(c) for c in edited_frame_counts]
-    if not len(ids) == len(sources) == len(edited) == num_objects:
-        raise ValueError(f"masklet_ids, sources and edited_frame_counts need one entry per object ({num_objects})")
+    reviews = None if review_verdicts is None else list(review_verdicts)
+    if not len(ids) == len(sources) == len(edited) == len(reviews or edited) == num_objects:
+        raise ValueError(
+            f"masklet_ids, sources, edited_frame_counts and review_verdicts need one entry per object ({num_objects})"
+        )
     unknown = sorted(set(sources) - set(SAV_TYPES))
     if unknown:
         raise ValueError(f"unknown masklet source(s) {unknown}; known: {sorted(SAV_TYPES)}")
@@ -146,7 +154,9 @@ def build(
         "masklet_first_appeared_frame": first,
         "masklet_frame_count": [num_entries] * num_objects,
         "masklet_edited_frame_count": edited,
-        "masklet_type": [SAV_TYPES[s] for s in sources],
+        "masklet_type": [
+            "manual" if reviews and reviews[i] == "corrected" else SAV_TYPES[s] for i, s in enumerate(sources)
+        ],
         "masklet_stability_score": stability,
         "masklet_num": num_objects,
     }
@@ -156,6 +166,8 @@ def build(
     doc["video_fps"] = float(fps)
     doc["masklet_frame_indices"] = frame_indices
     doc["masklet_source"] = sources
+    if reviews is not None:
+        doc["masklet_review"] = reviews
     return doc
 
 

@@ -20,7 +20,7 @@ from masklet.io import rle
 from masklet.io.rle import RLE
 from masklet.io.tars import MAX_KEY_LENGTH, is_safe_key
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SOURCES = ("auto", "prompt")
 STATUSES = ("ok", "error")
 
@@ -38,7 +38,18 @@ FILTER_REASONS = (
     "duplicate_of",
 )
 NOT_SAMPLED = "not_sampled"
-REJECT_REASONS = (*FILTER_REASONS, NOT_SAMPLED)
+REVIEW_REJECTED = "review"  # a person rejected the masklet (`masklet review import`)
+REJECT_REASONS = (*FILTER_REASONS, NOT_SAMPLED, REVIEW_REJECTED)
+# what a person said of a masklet they reviewed; null: nobody reviewed it
+REVIEW_VERDICTS = ("accepted", "corrected", "rejected")
+# columns added after version 1, all nullable: a shard written before them reads them as nulls
+ADDED_COLUMNS = {
+    "human_edit_count": 2,
+    "human_edit_frames": 2,
+    "review_verdict": 2,
+    "reviewer": 2,
+    "reviewed_at": 2,
+}
 
 MASKLETS_SCHEMA = pa.schema(
     [
@@ -62,6 +73,11 @@ MASKLETS_SCHEMA = pa.schema(
         pa.field("area_rel_mean", pa.float32(), nullable=False),
         pa.field("kept", pa.bool_(), nullable=False),
         pa.field("reject_reason", pa.string()),
+        pa.field("human_edit_count", pa.int32()),
+        pa.field("human_edit_frames", pa.list_(pa.int32())),
+        pa.field("review_verdict", pa.string()),
+        pa.field("reviewer", pa.string()),
+        pa.field("reviewed_at", pa.string()),
         pa.field("model", pa.string(), nullable=False),
         pa.field("config_hash", pa.string(), nullable=False),
     ],
@@ -102,6 +118,7 @@ class MaskletRecord:
     """One masklet of one video: per annotated frame RLE counts ("" where not visible) and scores.
 
     `from_frames` derives the summary columns from the per-frame lists, so they never disagree.
+    The review fields stay None until a person reviewed the masklet (`masklet review import`).
     """
 
     video_key: str
@@ -124,6 +141,11 @@ class MaskletRecord:
     area_rel_mean: float
     kept: bool = True
     reject_reason: str | None = None
+    human_edit_count: int | None = None
+    human_edit_frames: list[int] | None = None
+    review_verdict: str | None = None
+    reviewer: str | None = None
+    reviewed_at: str | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -136,6 +158,27 @@ class MaskletRecord:
                 )
         if self.kept == (self.reject_reason is not None):
             raise ValueError(f"masklet {self.masklet_id}: a kept masklet has no reject_reason, a dropped one has one")
+        self._check_review()
+
+    def _check_review(self) -> None:
+        where = f"masklet {self.masklet_id} of {self.video_key!r}"
+        verdict = self.review_verdict
+        if verdict is None:
+            if self.human_edit_count is not None or self.human_edit_frames is not None:
+                raise ValueError(f"{where}: human edits without a review verdict")
+            return
+        if verdict not in REVIEW_VERDICTS:
+            raise ValueError(f"{where}: review_verdict must be one of {REVIEW_VERDICTS}, got {verdict!r}")
+        frames = self.human_edit_frames
+        if frames is None or self.human_edit_count != len(frames) or not set(frames) <= set(self.frame_indices):
+            raise ValueError(f"{where}: human_edit_count must count human_edit_frames, frames of the masklet")
+        if (verdict == "corrected") != bool(frames):
+            raise ValueError(f"{where}: a corrected masklet has human edits, an accepted or rejected one none")
+
+    @property
+    def edited_frames(self) -> int:
+        """Frames edited: a person's count where the masklet was reviewed, else the automatic `edit_count`."""
+        return self.edit_count if self.human_edit_count is None else self.human_edit_count
 
     @classmethod
     def from_frames(
@@ -244,6 +287,18 @@ class VideoRecord:
             missing = [n for n in ("fps", "frame_count", "height", "width") if getattr(self, n) is None]
             if missing:
                 raise ValueError(f"video {self.original_key!r} is ok but lacks {', '.join(missing)}")
+
+
+def with_added_columns(table: pa.Table, schema: pa.Schema, columns: Sequence[str]) -> pa.Table:
+    """`table` (read from a shard of an older schema version) with the `columns` it lacks that were added
+    since (`ADDED_COLUMNS`) as nulls, in the order asked for; any other missing column is an error."""
+    missing = [c for c in columns if c not in table.column_names]
+    unknown = [c for c in missing if c not in ADDED_COLUMNS]
+    if unknown:
+        raise KeyError(f"no column(s) {', '.join(unknown)} in the table")
+    for name in missing:
+        table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
+    return table.select(list(columns))
 
 
 def masklets_table(records: Sequence[MaskletRecord], *, model: str, config_hash: str) -> pa.Table:

@@ -47,6 +47,7 @@ def sav_annotation(video: VideoRecord, masklets: Sequence[MaskletRecord]) -> dic
     Its frames are the video's annotated frames plus any frame a masklet of the video has; a kept
     masklet gets an empty mask (and stability 0) on frames it was not tracked on. `video_id` is the
     sanitised key (the tar member name); `original_key` and `source_uri` say where it came from.
+    Edited frames are a person's where the masklet was reviewed (`MaskletRecord.edited_frames`).
     """
     kept = [m for m in masklets if m.kept]
     axis = sorted(set(video.frame_indices).union(*(m.frame_indices for m in masklets)))
@@ -70,8 +71,9 @@ def sav_annotation(video: VideoRecord, masklets: Sequence[MaskletRecord]) -> dic
         video_frame_count=max(int(video.frame_count), axis[-1] + 1 if axis else 0),
         masklet_ids=[m.masklet_id for m in kept],
         sources=[m.source for m in kept],
-        edited_frame_counts=[m.edit_count for m in kept],
+        edited_frame_counts=[m.edited_frames for m in kept],
         stability_scores=stability,
+        review_verdicts=[m.review_verdict for m in kept] if any(m.review_verdict for m in kept) else None,
     )
     doc["original_key"] = video.original_key
     doc["source_uri"] = video.source_uri

@@ -5,7 +5,8 @@ Each order ranks masklets by one signal of the summary columns (no RLE read), ch
 
 - `stability`: lowest `stability_mean` first (masks that change most when their threshold moves);
 - `pred_iou`: lowest `pred_iou_mean` first (the model's own doubt);
-- `edits`: most automatic `edit_count` first (the tracker needed correcting most);
+- `edits`: most automatic `edit_count` first (the tracker needed correcting most: each edit is a re-seed
+  whose fresh mask disagreed with the tracked one, so this is also the re-seed disagreement order);
 - `flicker`: most `visibility_changes` first (objects that blink in and out);
 - `short`: fewest visible frames (`num_visible`) first;
 - `random`: a seeded shuffle, the control a selection strategy is measured against.
@@ -24,6 +25,15 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 ORDERS = ("stability", "pred_iou", "edits", "flicker", "short", "random")
+# the summary column each order ranks on (what a selection shows as its score); random has none
+RANKED_COLUMN = {
+    "stability": "stability_mean",
+    "pred_iou": "pred_iou_mean",
+    "edits": "edit_count",
+    "flicker": "visibility_changes",
+    "short": "num_visible",
+    "random": None,
+}
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ what the worker decided with the same thresholds. For that, every summary value 
 float32 the Parquet column stores (the threshold too: a mean stored as 0.9 passes
 `min_stability_mean=0.9`), and tube IoUs are built from integer pixel counts.
 
-A dropped masklet gets the first failing reason, checked in this order (`FILTER_REASONS`, beside the
-output schema in masklet.io.schema):
+A person's verdict (`review_verdict`, from `masklet review import`) outranks every threshold: a
+masklet a person rejected is dropped with reason `review`, one they accepted or corrected is kept
+(and is nobody's duplicate). Every other masklet gets the first failing reason, checked in this
+order (`FILTER_REASONS`, beside the output schema in masklet.io.schema):
 
 1. `never_visible`: no visible frame (only when `min_visible_frames` >= 1).
 2. `too_few_visible_frames`: `num_visible` < `min_visible_frames`.
@@ -36,7 +38,7 @@ import numpy as np
 
 from masklet.config import FiltersConfig
 from masklet.io import rle
-from masklet.io.schema import MaskletRecord
+from masklet.io.schema import REVIEW_REJECTED, MaskletRecord
 
 
 def _f32(value: float | None) -> float:
@@ -130,12 +132,16 @@ def duplicates(records: Sequence[MaskletRecord], dedup_iou: float) -> list[int |
 
 
 def apply_filters(records: Sequence[MaskletRecord], config: FiltersConfig) -> list[MaskletRecord]:
-    """The records, in the same order, with `kept` and `reject_reason` decided afresh."""
-    reasons = [reject_reason(r, config) for r in records]
+    """The records, in the same order, with `kept` and `reject_reason` decided afresh (a person's
+    verdict stands)."""
+    reasons = [
+        REVIEW_REJECTED if r.review_verdict == "rejected" else None if r.review_verdict else reject_reason(r, config)
+        for r in records
+    ]
     if config.dedup_iou is not None:
         by_video: dict[str, list[int]] = {}
         for i, (r, why) in enumerate(zip(records, reasons, strict=True)):
-            if why is None:
+            if why is None and r.review_verdict is None:
                 by_video.setdefault(r.video_key, []).append(i)
         for idx in by_video.values():
             for i, dup in zip(idx, duplicates([records[i] for i in idx], config.dedup_iou), strict=True):

@@ -2,7 +2,9 @@
 
 The SAM 2 paper (Table 9) trains better on the masklets annotators had to edit most than on a
 random subset of the same size; `edit_count` is the automatic analogue here (how often a fresh
-automatic mask had to correct the tracker). `--by random` is that table's baseline.
+automatic mask had to correct the tracker). Where a person reviewed a masklet (`masklet review
+import`), the frames they changed (`human_edit_count`) stand for its edits instead, as in the SA-V
+JSON's `masklet_edited_frame_count`. `--by random` is that table's baseline.
 
 Selection works on light per-masklet summaries (`Candidate`, no RLEs), so a whole output fits in
 memory; `mark_sampled` then applies it to each shard's records. Masklets already dropped by the
@@ -33,10 +35,16 @@ class Candidate:
     edit_count: int
     stability_mean: float | None
     kept: bool
+    human_edit_count: int | None = None
 
     @property
     def ref(self) -> MaskletRef:
         return (self.shard_id, self.video_key, self.masklet_id)
+
+    @property
+    def edits(self) -> int:
+        """A person's edited frames where the masklet was reviewed, else the automatic `edit_count`."""
+        return self.edit_count if self.human_edit_count is None else self.human_edit_count
 
 
 # the masklets/ columns a Candidate is read from (shard_id comes from the file)
@@ -57,9 +65,10 @@ def sample_size(n: int, *, top_k: int | None = None, fraction: float | None = No
 
 
 def edits_key(c: Candidate) -> tuple:
-    """Most edited first; ties: higher stability_mean (as float32; null last), then key order."""
+    """Most edited first (human edits where reviewed); ties: higher stability_mean (as float32; null
+    last), then key order."""
     stability = -math.inf if c.stability_mean is None else float(np.float32(c.stability_mean))
-    return (-c.edit_count, -stability, c.video_key, c.masklet_id, c.shard_id)
+    return (-c.edits, -stability, c.video_key, c.masklet_id, c.shard_id)
 
 
 def select(
