@@ -1,8 +1,9 @@
 """A tiny real output root for the report tests: synthetic videos, masklets from their ground truth.
 
 Masklets are the ground-truth objects of `masklet.synth` videos at every 2nd frame, written with the
-real ShardWriter; some are marked dropped with filter reasons, and one video is an error row, so
-every section of a report has something to show.
+real ShardWriter; some are marked dropped with filter reasons, one kept masklet of the second video
+scores low (the first a report should point at), and one video is an error row, so every section
+of a report has something to show.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ REASONS = {2: "low_stability", 3: "too_small"}  # masklet id -> why it is droppe
 MODEL, CONFIG_HASH = "sam2.1_hiera_t", "c0ffee"
 BROKEN_KEY = "broken-video"
 BROKEN_ERROR = "truncated mp4: moov atom not found; re-encode or drop the file"
+DOUBTFUL = 0  # in the second video, this kept masklet scores lowest (stability 0.7, predicted IoU 0.6)
+FILTERS = {"min_visible_frames": 1, "min_stability_mean": 0.6, "dedup_iou": 0.8}  # job.json config.filters
 
 
 def masklets_of(key: str, gt_json: bytes, *, duplicate: bool) -> list[MaskletRecord]:
-    """The ground truth's objects as masklet rows on the annotated frames; `duplicate` drops object 1 as one."""
+    """The ground truth's objects as masklet rows on the annotated frames; `duplicate` drops object 1 as one
+    and makes masklet DOUBTFUL the lowest-scoring kept one."""
     gt = sav.parse(gt_json)
     reasons = {**REASONS, **({1: "duplicate_of:0"} if duplicate else {})}
     records = []
@@ -39,8 +43,9 @@ def masklets_of(key: str, gt_json: bytes, *, duplicate: bool) -> list[MaskletRec
                 source="auto",
                 frame_indices=ANNOTATED,
                 rles=[rles[f] for f in ANNOTATED],
-                pred_iou=[0.9] * len(ANNOTATED),
-                stability=[0.5 if reason == "low_stability" else 0.95] * len(ANNOTATED),
+                pred_iou=[0.6 if duplicate and masklet_id == DOUBTFUL else 0.9] * len(ANNOTATED),
+                stability=[0.5 if reason == "low_stability" else 0.7 if duplicate and masklet_id == DOUBTFUL else 0.95]
+                * len(ANNOTATED),
                 object_score=[5.0] * len(ANNOTATED),
                 edit_count=masklet_id,
                 kept=reason is None,
@@ -101,7 +106,7 @@ def build_output(root: str, corpus: str, *, write_video: bool, missing_source: b
         "masklet_version": "test",
         "created_at": "2026-01-01T00:00:00+00:00",
         "history": [],
-        "config": {"source": {"uri": corpus, "format": "wds", "fps": 6.0}, "output": {"uri": root}},
+        "config": {"source": {"uri": corpus, "format": "wds", "fps": 6.0}, "output": {"uri": root}, "filters": FILTERS},
     }
     storage.write_bytes(storage.join(root, "job.json"), json.dumps(job).encode())
     return written

@@ -1,7 +1,8 @@
 """One self-contained HTML page: images inlined as data URIs, no script or style from elsewhere.
 
-The page's only script marks `<body data-images>` with `ok N` or `broken K of N` once it has
-loaded, so a person (and the browser test) sees at once whether every image decoded.
+The page's base script marks `<body data-images>` with `ok N` or `broken K of N` once it has
+loaded, so a person (and the browser test) sees at once whether every image decoded; a page may
+add its own style and script (the report's video viewer), inlined too.
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], numeric: Seq
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def page(title: str, body: str) -> str:
+def page(title: str, body: str, *, style: str = "", script: str = "") -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
         f"<title>{esc(title)}</title>"
-        f"<style>{STYLE}</style><script>{SCRIPT}</script></head>\n<body>\n{body}\n</body></html>\n"
+        f"<style>{STYLE}{style}</style><script>{SCRIPT}</script>"
+        f"{f'<script>{script}</script>' if script else ''}</head>\n<body>\n{body}\n</body></html>\n"
     )

@@ -12,6 +12,9 @@ from masklet.report.stats import HISTOGRAMS, Funnel, ShardThroughput, histogram_
 
 KEPT_COLOR = "#2a9d8f"
 DROPPED_COLOR = "#e76f51"
+THRESHOLD_COLOR = "#222222"
+INTEGER_COLUMNS = ("num_visible", "edit_count", "visibility_changes")
+HIGH_IS_GOOD = ("stability_mean", "pred_iou_mean", "num_visible")  # most masklets sit at the right
 MAX_SHARD_LABELS = 40  # beyond this many shards, tick labels would overlap: the table below names them
 
 
@@ -40,25 +43,43 @@ def funnel_png(f: Funnel) -> bytes:
     return _png(fig)
 
 
-def histograms_png(masklets) -> bytes:
-    """One histogram per quality statistic, kept and dropped stacked, so thresholds show as cut lines."""
+def histograms_png(masklets, thresholds: dict[str, list[tuple[float, str]]] | None = None) -> bytes:
+    """One histogram per quality statistic, kept and dropped stacked, with a dashed cut line at each
+    threshold of the filter that produced the output (`thresholds`: column -> [(x, label)])."""
     fig = Figure(figsize=(12, 6.5), layout="constrained")
     axes = fig.subplots(2, 3).ravel()
-    for ax, (column, label) in zip(axes, HISTOGRAMS, strict=False):
+    for ax, (column, label) in zip(axes, HISTOGRAMS, strict=True):
         kept, dropped = histogram_values(masklets, column)
+        lines = (thresholds or {}).get(column, [])
         if kept.size + dropped.size:
-            integer = column in ("num_visible", "edit_count")
+            integer = column in INTEGER_COLUMNS
             both = np.concatenate([kept, dropped])
-            bins = np.arange(both.min(), both.max() + 2) - 0.5 if integer else 20
+            low, high = both.min(), both.max()
+            if integer:  # the cut lines sit between integers: widen the bins to take them in
+                low = min([low, *(np.ceil(x) - 1 for x, _ in lines)])
+                high = max([high, *(np.floor(x) + 1 for x, _ in lines)])
+                bins = np.arange(low, high + 2) - 0.5
+            else:
+                bins = np.linspace(min([low, *(x for x, _ in lines)]), max([high, *(x for x, _ in lines)]), 21)
+                if bins[0] == bins[-1]:
+                    bins = 20
             ax.hist(
-                [kept, dropped], bins=bins, stacked=True, color=[KEPT_COLOR, DROPPED_COLOR], label=["kept", "dropped"]
+                [kept, dropped],
+                bins=bins,
+                stacked=True,
+                histtype="stepfilled",  # one polygon per group, not a patch per bin: cheap to draw
+                color=[KEPT_COLOR, DROPPED_COLOR],
+                label=["kept", "dropped"],
             )
-            ax.legend(fontsize="small")
         else:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+        for x, text in lines:
+            ax.axvline(x, color=THRESHOLD_COLOR, linestyle="--", linewidth=1.5, label=text)
+        if kept.size + dropped.size or lines:
+            # where the bars usually are not ("best" is slow to compute on many values)
+            ax.legend(fontsize="small", loc="upper left" if column in HIGH_IS_GOOD else "upper right")
         ax.set_xlabel(label)
         ax.set_ylabel("masklets")
-    axes[-1].set_axis_off()
     return _png(fig)
 
 

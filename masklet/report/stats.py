@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from masklet.config import FiltersConfig
 from masklet.io.schema import REJECT_REASONS
 
 # (column, axis label): the quality statistics a person tunes thresholds on
@@ -17,7 +18,28 @@ HISTOGRAMS = (
     ("num_visible", "length (visible annotated frames)"),
     ("area_rel_mean", "relative area (mean over visible frames)"),
     ("edit_count", "edits"),
+    ("visibility_changes", "flicker (visibility changes)"),
 )
+
+# column -> (filter key, what it keeps, where its cut line goes relative to the threshold):
+# a masklet is dropped when `column` is below a `min` key or above a `max` key (masklet.pipelines.filters);
+# on integer columns the cut sits half-way between the last dropped and the first kept value
+THRESHOLDS = {
+    "stability_mean": (("min_stability_mean", 0.0),),
+    "pred_iou_mean": (("min_pred_iou_mean", 0.0),),
+    "num_visible": (("min_visible_frames", -0.5),),
+    "area_rel_mean": (("min_area_rel", 0.0), ("max_area_rel", 0.0)),
+    "visibility_changes": (("max_visibility_changes", 0.5),),
+}
+# a threshold at these values drops nothing, so it draws no line
+_INACTIVE = {
+    "min_stability_mean": 0.0,
+    "min_pred_iou_mean": 0.0,
+    "min_visible_frames": 0,
+    "min_area_rel": 0.0,
+    "max_area_rel": 1.0,
+    "max_visibility_changes": None,
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +88,55 @@ def histogram_values(masklets: pa.Table, column: str) -> tuple[np.ndarray, np.nd
     kept = np.asarray(masklets.column("kept").to_pylist(), dtype=bool)
     present = ~np.isnan(values)
     return values[kept & present], values[~kept & present]
+
+
+def threshold_lines(filters: dict | None) -> dict[str, list[tuple[float, str]]]:
+    """Per histogram column, the cut lines of the filter thresholds that produced the output: (x, label).
+
+    `filters`: job.json's config.filters (keys it lacks take FiltersConfig's defaults); None: no lines.
+    """
+    if filters is None:
+        return {}
+    values = {**FiltersConfig().model_dump(), **filters}
+    lines: dict[str, list[tuple[float, str]]] = {}
+    for column, keys in THRESHOLDS.items():
+        for key, offset in keys:
+            value = values.get(key)
+            if value is None or value == _INACTIVE[key]:
+                continue
+            lines.setdefault(column, []).append((float(value) + offset, f"{key} = {value}"))
+    return lines
+
+
+def reason_detail(row: dict, filters: dict | None) -> str:
+    """Why a dropped masklet was dropped, with its value and the threshold it failed where the row has them."""
+    reason = row.get("reject_reason") or ""
+    kind, _, arg = reason.partition(":")
+    f = filters or {}
+
+    def cmp(value: object, sign: str, key: str, fmt: str = ".3f") -> str:
+        shown = "—" if value is None else format(value, fmt)
+        return f"{shown} {sign} {key} {f[key]}" if key in f and f[key] is not None else shown
+
+    details = {
+        "never_visible": lambda: "no visible annotated frame",
+        "too_few_visible_frames": lambda: (
+            "visible frames " + cmp(row.get("num_visible"), "<", "min_visible_frames", "d")
+        ),
+        "low_stability": lambda: "stability " + cmp(row.get("stability_mean"), "<", "min_stability_mean"),
+        "low_pred_iou": lambda: "predicted IoU " + cmp(row.get("pred_iou_mean"), "<", "min_pred_iou_mean"),
+        "low_object_score": lambda: (
+            "mean object score below min_object_score_mean " + str(f.get("min_object_score_mean", ""))
+        ),
+        "too_small": lambda: "relative area " + cmp(row.get("area_rel_mean"), "<", "min_area_rel", ".4f"),
+        "too_large": lambda: "relative area " + cmp(row.get("area_rel_mean"), ">", "max_area_rel", ".4f"),
+        "too_many_visibility_changes": lambda: (
+            "visibility changes " + cmp(row.get("visibility_changes"), ">", "max_visibility_changes", "d")
+        ),
+        "duplicate_of": lambda: f"tube IoU with masklet {arg} >= dedup_iou {f.get('dedup_iou', '?')}",
+        "not_sampled": lambda: "not picked by masklet sample",
+    }
+    return f"{reason} ({details[kind]()})" if kind in details else reason
 
 
 def throughput(markers: dict[str, dict]) -> list[ShardThroughput]:
