@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from masklet import __version__
-from masklet.config import ConfigError, JobConfig, dump_config, load_config, validate_config
+from masklet.config import ConfigError, JobConfig, dump_config, load_config, storage_from_env, validate_config
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -170,6 +170,7 @@ def _job_config(args: argparse.Namespace) -> JobConfig:
             raise ConfigError(f"--config-json is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError("--config-json must be a JSON object of config sections")
+        data["storage"] = data.get("storage") or storage_from_env()  # where `masklet submit` puts it
         return validate_config(data, origin="--config-json")
     if args.config is None:
         raise ConfigError("a CONFIG file is required")
@@ -202,7 +203,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         print(f"masklet submit: warning: {warning}", file=sys.stderr)
     if args.dry_run:
         print(f"entrypoint: {submission.entrypoint}")
-        print(f"runtime_env: {json.dumps(submission.runtime_env, sort_keys=True)}")
+        print(f"runtime_env: {json.dumps(submission.shown_runtime_env(), sort_keys=True)}")
         return EXIT_OK
     job_id = submit.submit(args.address, submission)
     print(job_id)
@@ -266,7 +267,11 @@ def _add_report_commands(commands: argparse._SubParsersAction) -> None:
     )
     report.add_argument("out_uri", metavar="OUT_URI", help="an output root (any fsspec URI)")
     report.add_argument(
-        "--videos", type=int, default=8, metavar="N", help="overlays of the N videos with the most masklets (default 8)"
+        "--videos",
+        type=int,
+        default=8,
+        metavar="N",
+        help="viewers of N videos: those of the masklets most likely wrong first (default 8)",
     )
     report.add_argument("--key", action="append", default=[], metavar="KEY", help="also overlay this video (repeated)")
     report.add_argument("--out", metavar="FILE", help="where to write the report (any fsspec URI)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
+import re
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import fsspec
@@ -425,5 +427,52 @@ def validate_section(cls: type[SectionT], data: dict[str, Any], origin: str = "(
 
 
 def dump_config(config: JobConfig) -> str:
-    """The fully resolved config as YAML, defaults included."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The fully resolved config as YAML, defaults included, secrets redacted."""
+    return yaml.safe_dump(redacted(config.model_dump(mode="json")), sort_keys=False)
+
+
+SECRET_NAME = re.compile(r"key|secret|token|passw|credential|signature|auth", re.IGNORECASE)
+REDACTED = "<redacted>"
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+
+
+def redacted(value: Any) -> Any:
+    """`value` (a config as plain data) with every secret replaced by REDACTED, for anything written or
+    shown: job.json, `masklet config`, reports, checkpoints' metadata. A secret is the value of a key
+    named like one (storage.s3.secret, client_kwargs.aws_secret_access_key, env_vars.HF_TOKEN) or the
+    user:password part of a URL."""
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if SECRET_NAME.search(str(k)) and not isinstance(v, dict | list | bool) else redacted(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redacted(v) for v in value]
+    if isinstance(value, str):
+        return _URL_USERINFO.sub(rf"\g<scheme>{REDACTED}@", value)
+    return value
+
+
+def unredacted(value: Any) -> Any:
+    """`value` without the entries `redacted` blanked, so settings read back from a job.json (e.g. its
+    storage section) fall back to the reader's own credentials instead of using the placeholder."""
+    if isinstance(value, dict):
+        return {k: unredacted(v) for k, v in value.items() if not (isinstance(v, str) and REDACTED in v)}
+    return value
+
+
+STORAGE_ENV = "MASKLET_STORAGE"  # the storage section as JSON: how `masklet submit` passes it, off the command line
+
+
+def storage_from_env() -> dict[str, Any]:
+    """The storage section `masklet submit` put in the job's environment (empty when none)."""
+    text = os.environ.get(STORAGE_ENV)
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{STORAGE_ENV} is not valid JSON: {exc.msg}") from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"{STORAGE_ENV} must be a JSON object of storage options per protocol")
+    return options

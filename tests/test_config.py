@@ -1,9 +1,10 @@
+import json
 from pathlib import Path
 
 import fsspec
 import pytest
 
-from masklet.config import ConfigError, JobConfig, load_config, validate_config
+from masklet.config import REDACTED, ConfigError, JobConfig, load_config, redacted, unredacted, validate_config
 from masklet.pipelines.autolabel import automask_config
 from masklet.pipelines.automask import AutoMaskConfig
 
@@ -92,6 +93,33 @@ def test_output_inside_the_input_is_refused(source: str, output: str, inside: bo
         return
     with pytest.raises(ConfigError, match="is inside the input"):
         validate_config(data)
+
+
+def test_secrets_are_redacted_wherever_a_config_is_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    from masklet.cli import main
+
+    data = {
+        **MINIMAL,
+        "storage": {"s3": {"key": "AKIA1", "secret": "hunter2", "client_kwargs": {"region_name": "eu-west-1"}}},
+        "ray": {"runtime_env": {"env_vars": {"HF_TOKEN": "hf_abc", "OMP_NUM_THREADS": "2"}}},
+    }
+    config = validate_config(data)
+    shown = redacted(config.model_dump(mode="json"))
+    region = {"region_name": "eu-west-1"}
+    assert shown["storage"]["s3"] == {"key": REDACTED, "secret": REDACTED, "client_kwargs": region}
+    assert shown["ray"]["runtime_env"]["env_vars"] == {"HF_TOKEN": REDACTED, "OMP_NUM_THREADS": "2"}
+    assert redacted("https://user:pw@host/x.pt") == f"https://{REDACTED}@host/x.pt"
+    assert unredacted({"endpoint_url": redacted("http://u:p@s3"), "anon": False}) == {"anon": False}
+    assert unredacted(shown["storage"]) == {"s3": {"client_kwargs": {"region_name": "eu-west-1"}}}
+    assert validate_config(redacted(config.model_dump(mode="json"))).content_hash() == config.content_hash()
+    demo = load_config(DEMO).model_dump(mode="json")
+    assert redacted(demo) == demo  # no setting of a job is named like a secret
+    path = "memory://secret.yaml"
+    with fsspec.open(path, "w") as f:
+        f.write(json.dumps(data))
+    assert main(["config", path]) == 0
+    printed = capsys.readouterr().out
+    assert "hunter2" not in printed and "AKIA1" not in printed and "hf_abc" not in printed
 
 
 def test_every_error_is_reported_at_once() -> None:

@@ -17,6 +17,7 @@ from masklet.config import load_config, validate_config
 from masklet.io import storage
 from masklet.io.storage import RetryPolicy
 from masklet.jobs.cluster import Cluster, ClusterError, plan_layout
+from masklet.jobs.driver import plan_job
 from masklet.jobs.job_record import JobConflict, JobRecord, claim_output, read_job
 from masklet.jobs.progress import Progress
 from masklet.jobs.shard import ShardResult
@@ -65,6 +66,16 @@ def test_output_root_of_another_job_is_refused_unless_forced(tmp_path: Path) -> 
     job = read_job(root)
     assert job["config_hash"] == second.content_hash()
     assert [h["config_hash"] for h in job["history"]] == [first.content_hash()]
+
+
+def test_job_json_holds_no_secret(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "shard-000000.tar").write_bytes(b"\0" * 1024)
+    data = _config(source={"uri": str(tmp_path / "in" / "shard-*.tar")}, output={"uri": str(tmp_path / "out")})
+    plan_job(validate_config({**data, "storage": {"file": {"token": "hunter2"}}}))
+    text = (tmp_path / "out" / "job.json").read_text()
+    assert "hunter2" not in text and json.loads(text)["config"]["storage"] == {"file": {"token": "<redacted>"}}
+    assert plan_job(validate_config(data)).claim == "resume"  # storage is placement: the same job
 
 
 def test_a_job_that_committed_no_shard_locks_nothing(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from jobs_helpers import TESTS, alive, command_name, descendants, free_port, wri
 from jobs_plugins import DELAY_ENV
 
 from masklet.cli import main
+from masklet.config import REDACTED, STORAGE_ENV
 from masklet.io.sinks import list_done
 from masklet.synth.corpus import write_corpus
 
@@ -97,15 +98,19 @@ def test_submit_dry_run_prints_what_it_would_send(
     job: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     config, workdir, out = job
-    args = ["submit", str(config), "workers.count=3", "--working-dir", str(workdir), "--pip", "extra==1"]
-    assert main([*args, "--env", "A=1", "--dry-run"]) == 0
-    printed = capsys.readouterr().out.splitlines()
+    args = ["submit", str(config), "workers.count=3", "storage.s3.secret=hunter2", "--working-dir", str(workdir)]
+    assert main([*args, "--pip", "extra==1", "--env", "HF_TOKEN=hf_x", "--env", "A=1", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "hunter2" not in text and "hf_x" not in text  # what is printed is redacted
+    printed = text.splitlines()
     entrypoint = shlex.split(printed[0].removeprefix("entrypoint: "))
     assert entrypoint[:3] == ["masklet", "run", "--config-json"]
     sent = json.loads(entrypoint[3])
     assert sent["ray"]["address"] == "auto" and sent["workers"]["count"] == 3 and sent["output"]["uri"] == str(out)
+    assert sent["storage"] == {}  # in the job's environment instead
     runtime_env = json.loads(printed[1].removeprefix("runtime_env: "))
-    assert runtime_env == {"env_vars": {"A": "1"}, "pip": ["extra==1"], "working_dir": str(workdir)}
+    env_vars = {"A": "1", "HF_TOKEN": REDACTED, STORAGE_ENV: json.dumps({"s3": {"secret": REDACTED}})}
+    assert runtime_env == {"env_vars": env_vars, "pip": ["extra==1"], "working_dir": str(workdir)}
     assert main(["submit", str(config), "--dry-run", "--env", "oops"]) == 2
 
 
@@ -113,8 +118,11 @@ def test_submit_runs_the_job_on_the_cluster(
     ray_head: str, job: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config, workdir, out = job
-    assert main(["submit", str(config), "--address", ray_head, "--working-dir", str(workdir), "--wait"]) == 0
+    secret = ["storage.file.token=hunter2"]  # a storage option every local filesystem takes (and ignores)
+    assert main(["submit", str(config), *secret, "--address", ray_head, "--working-dir", str(workdir), "--wait"]) == 0
     printed = capsys.readouterr().out
+    assert json.loads((out / "job.json").read_text())["config"]["storage"] == {"file": {"token": REDACTED}}
+    assert "hunter2" not in (out / "job.json").read_text()  # the job's driver had it, and wrote it nowhere
     job_id = printed.splitlines()[0]
     assert "masklet run: job" in printed and "shards:   2 done, 0 failed" in printed  # the job's own log
     assert list_done(str(out)) == {"shard-000000", "shard-000001"}
@@ -122,7 +130,7 @@ def test_submit_runs_the_job_on_the_cluster(
     monkeypatch.setenv("RAY_ADDRESS", ray_head)
     assert main(["status", job_id]) == 0
     status = capsys.readouterr().out
-    assert status.startswith("SUCCEEDED") and "masklet run --config-json" in status
+    assert status.startswith("SUCCEEDED") and "masklet run --config-json" in status and "hunter2" not in status
     assert main(["logs", job_id]) == 0
     assert "videos:   4 ok, 0 failed" in capsys.readouterr().out
     assert main(["status", "no-such-job"]) == 2

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from masklet import __version__
-from masklet.config import PLACEMENT, JobConfig
+from masklet.config import PLACEMENT, JobConfig, redacted
 from masklet.io import layout
 from masklet.io.layout import JOB_FILE
 
@@ -42,7 +42,7 @@ class JobRecord:
             init=config.model.init,
             checkpoint=config.model.weights,
             checkpoint_sha256=checkpoint_sha256,
-            config=config.model_dump(mode="json"),
+            config=redacted(config.model_dump(mode="json")),  # job.json may sit in a shared bucket
             created_at=_now(),
         )
 

@@ -2,7 +2,9 @@
 
 The config is validated here and sent whole, resolved, inside the entrypoint
 (`masklet run --config-json '...'`, with `ray.address=auto` so the job's driver joins the cluster it
-runs on); a local config file never has to exist on the cluster. Code the job needs beyond the
+runs on); a local config file never has to exist on the cluster. Its `storage` section, which may
+hold credentials, goes in the job's environment (`MASKLET_STORAGE`) instead: a command line is shown
+by `ray job list`, `masklet status` and the dashboard. Code the job needs beyond the
 installed masklet (a plug-in pipeline) travels in the runtime env: `ray.runtime_env` in the config,
 then `--working-dir`, `--pip`, `--env` on the command line.
 """
@@ -19,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from masklet.config import ConfigError, JobConfig
+from masklet.config import STORAGE_ENV, ConfigError, JobConfig, redacted
 from masklet.io import storage
 
 ADDRESS_ENV = "RAY_ADDRESS"
@@ -34,6 +36,14 @@ class Submission:
     entrypoint: str
     runtime_env: dict[str, Any]
     warnings: tuple[str, ...] = ()
+
+    def shown_runtime_env(self) -> dict[str, Any]:
+        """The runtime env to print, secrets redacted (the storage section's too)."""
+        shown = redacted(self.runtime_env)
+        env_vars = shown.get("env_vars", {})
+        if STORAGE_ENV in env_vars:
+            env_vars[STORAGE_ENV] = json.dumps(redacted(json.loads(env_vars[STORAGE_ENV])))
+        return shown
 
 
 def _local_paths(config: JobConfig, working_dir: str | None) -> list[str]:
@@ -81,6 +91,9 @@ def build_submission(
     job = config.model_copy(deep=True)
     job.ray.address = "auto"
     job.ray.runtime_env = {}
+    if job.storage:  # credentials may be in it: through the job's environment, never its command line
+        runtime_env.setdefault("env_vars", {})[STORAGE_ENV] = json.dumps(job.storage)
+        job.storage = {}
     text = json.dumps(job.model_dump(mode="json"), separators=(",", ":"), sort_keys=True)
     entrypoint = f"masklet run --config-json {shlex.quote(text)}" + (" --force" if force else "")
     return Submission(entrypoint, runtime_env, tuple(_local_paths(config, working_dir)))

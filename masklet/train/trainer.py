@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import fsspec
 import numpy as np
 import torch
 
+from masklet.config import redacted
 from masklet.io import storage
 from masklet.io.checkpoint_files import save_checkpoint
 from masklet.model.checkpoint import CheckpointError, load_state_dict
@@ -168,7 +170,7 @@ def _metadata(config: TrainConfig, step: int) -> dict:
         "model_name": config.model.name,
         "image_size": config.model.image_size or 0,
         "step": step,
-        "config": config.model_dump_json(),
+        "config": json.dumps(redacted(config.model_dump(mode="json"))),
     }
 
 
