@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from masklet.config import SourceConfig
-from masklet.io.errors import InputError
+from masklet.io.errors import InputError, printable_message
 from masklet.io.schema import MaskletRecord, VideoRecord
 from masklet.io.sinks import ShardWriter
 from masklet.io.sources import Shard, VideoError, VideoInput, iter_videos
@@ -187,6 +187,7 @@ def _add(writer: ShardWriter, video: LabeledVideo, item: VideoInput | VideoError
 
 
 def _error_row(key: str, original_key: str, source_uri: str, error_type: str, error: str, **known: Any) -> VideoRecord:
+    error = printable_message(error)
     return VideoRecord(key, original_key, source_uri, status="error", error=error, error_type=error_type, **known)
 
 

@@ -1,0 +1,33 @@
+"""masklet.jobs.shard without Ray: what a video's error row may hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from masklet.config import SourceConfig
+from masklet.io.errors import InputError, printable_message
+from masklet.io.outputs import read_shard
+from masklet.io.sources import VideoInput, list_shards
+from masklet.jobs.shard import process_shard
+from masklet.pipelines.contract import FrameStream
+from masklet.synth.corpus import write_corpus
+
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07" + "password=hunter2 " * 500  # a screen clear, a title change, 8.5 kB
+
+
+def _quoting_pipeline(video: VideoInput, frames: FrameStream) -> list:
+    """A pipeline whose input error quotes the input, as a native library's message may."""
+    raise InputError(f"video {video.key!r}: cannot read {HOSTILE}")
+
+
+def test_an_error_row_holds_no_control_character_and_is_cut(tmp_path: Path) -> None:
+    write_corpus(str(tmp_path / "in"), videos=1, per_shard=1, seed=0, width=64, height=48, frames=2, fps=24.0)
+    source = SourceConfig(uri=str(tmp_path / "in" / "shard-*.tar"))
+    [shard] = list_shards(source)
+    out = str(tmp_path / "out")
+    result = process_shard(shard, _quoting_pipeline, source=source, output_uri=out, model="m", config_hash="h")
+    assert result.counts["videos_error"] == 1
+    [row] = read_shard(out, shard.id).videos
+    assert row.error == printable_message(f"video {row.video_key!r}: cannot read {HOSTILE}")
+    assert row.error.startswith(f"video {row.video_key!r}: cannot read \\x1b[2J\\x1b]0;pwned\\x07password=hunter2")
+    assert not any(ord(c) < 32 and c not in "\t\n" for c in row.error) and len(row.error) < 2100
