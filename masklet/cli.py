@@ -19,7 +19,8 @@ from masklet.config import ConfigError, JobConfig, dump_config, load_config, sto
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+EXIT_TERMINATED = 143  # SIGTERM, likewise
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -184,13 +185,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plain_logs()
     if config.ray.address is None:
         keep_on_loopback()  # before Ray is imported: an embedded Ray listens on 127.0.0.1 only
-    from masklet.jobs.driver import run_job
+    from masklet.jobs.driver import Terminated, run_job
 
     try:
         return run_job(config, force=args.force).exit_code
-    except KeyboardInterrupt:
-        print("\nmasklet run: interrupted; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        why, code = (
+            ("stopped by SIGTERM", EXIT_TERMINATED)
+            if isinstance(exc, Terminated)
+            else ("interrupted", EXIT_INTERRUPTED)
+        )
+        print(f"\nmasklet run: {why}; run the same command again to resume", file=sys.stderr)
+        return code
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:

@@ -203,6 +203,42 @@ def test_a_worker_that_cannot_start_stops_the_job_with_exit_2(
     assert list_done(str(tmp_path / "out")) == set()
 
 
+def test_sigterm_stops_the_job_cleanly_and_a_rerun_resumes(corpus: Path, tmp_path: Path) -> None:
+    """What Kubernetes, Slurm and `ray job stop` send: the driver stops as on Ctrl-C, saves its progress,
+    says how to resume, and exits 143; no traceback, no native stack dump, no worker left."""
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "job.yaml", f"{corpus}/shard-*.tar", out, workers={"count": 1})
+    env = {**os.environ, DELAY_ENV: "0.2"}
+    driver = subprocess.Popen(
+        [str(MASKLET), "run", str(config)], cwd=TESTS, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    tree: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while not list_done(str(out)) and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tree = {pid: command_name(pid) for pid in descendants(driver.pid)}
+        driver.send_signal(signal.SIGTERM)
+        log = driver.communicate(timeout=60)[0].decode()
+    finally:
+        driver.kill()
+        driver.wait()
+    assert driver.returncode == 143, log
+    assert "masklet run: stopped by SIGTERM; run the same command again to resume" in log, log
+    assert "Traceback" not in log and "Fatal Python error" not in log and "*** SIG" not in log, log
+    assert json.loads((out / "progress.json").read_text())["state"] == "interrupted"
+    workers = {pid for pid, name in tree.items() if "ShardWorker" in name}
+    deadline = time.monotonic() + 60
+    while alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(workers), "a worker outlived its driver"
+    done = list_done(str(out))
+    assert 1 <= len(done) < len(SHARDS), log
+    rerun = subprocess.run([str(MASKLET), "run", str(config)], cwd=TESTS, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(done)} shard(s) already done, {len(SHARDS) - len(done)} to run" in rerun.stdout
+
+
 def test_driver_killed_mid_job_then_rerun_equals_an_uninterrupted_run(
     reference: Path, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -38,6 +41,34 @@ from masklet.pipelines.model_loading import check_weights
 
 class JobSetupError(ValueError):
     """The job cannot start as configured; nothing was processed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Kubernetes, Slurm and `ray job stop` send): stop as on Ctrl-C, progress saved."""
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in the driver while the job runs. Set after `ray.init`, which makes
+    SIGTERM a bare `sys.exit(15)`; restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if received and not isinstance(exc, Terminated):  # raised inside a Ray call, which re-raises it plain
+            raise Terminated("SIGTERM") from exc
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -128,7 +159,7 @@ def run_job(
         return JobSummary(config.output.uri, len(plan.shards), len(plan.done), 0)
     run_id = uuid.uuid4().hex[:12]
     workers = config.workers
-    with connect(config.ray) as cluster:
+    with connect(config.ray) as cluster, _stop_on_sigterm():
         layout = plan_layout(workers, cluster, len(todo))
         _print_cluster(cluster, layout, out)
         progress = Progress(
