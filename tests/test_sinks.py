@@ -3,7 +3,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pycocotools.mask as mask_util
 import pytest
 import webdataset
@@ -183,6 +185,39 @@ def test_exception_before_commit_publishes_nothing(tmp_path: Path) -> None:
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
     with pytest.raises(RuntimeError, match="closed"):
         writer.add_video(video, records)
+
+
+def test_a_rerun_removes_the_stages_a_killed_writer_left(tmp_path: Path) -> None:
+    """SIGKILL mid-write leaves `.partial` stages (nothing runs to discard them): the shard's next writer
+    removes its own, and only its own (another shard's, another root's stay)."""
+    root, other_root = tmp_path / "out", tmp_path / "other"
+    killed = ShardWriter(str(root), "shard-000000", model="m", config_hash="h")  # never closed: killed
+    with storage.staged_file(f"{root}/masklets/shard-000000.parquet") as stage:
+        Path(stage).write_bytes(b"half a parquet")
+        left = {p.name for p in root.rglob("*.partial")}
+        os.link(stage, f"{stage}.kept")  # as SIGKILL leaves it: the with-block never ran to its end
+    os.replace(f"{stage}.kept", stage)
+    neighbour = ShardWriter(str(root), "shard-000001", model="m", config_hash="h")
+    elsewhere = ShardWriter(str(other_root), "shard-000000", model="m", config_hash="h")
+    assert len(left) == 2 and {p.name for p in root.rglob("*.partial")} >= left
+    with ShardWriter(str(root), "shard-000000", model="m", config_hash="h") as rerun:
+        assert not {p.name for p in root.rglob("*.partial")} & left
+        assert killed._tar_stage.path not in {str(p) for p in root.rglob("*.partial")}
+        assert Path(neighbour._tar_stage.path).exists() and Path(elsewhere._tar_stage.path).exists()
+        rerun.commit()
+    neighbour.abort()
+    elsewhere.abort()
+    assert not list((root / "masklets").glob(".*.partial"))
+
+
+def test_a_full_disk_names_the_folder_and_the_file(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "masklets" / "shard-000000.parquet"
+    message = f"no space left in {tmp_path / 'out' / 'masklets'} .* while writing {target}"
+    with pytest.raises(OSError, match=message), storage.staged_file(str(target)) as stage:
+        os.remove(stage)
+        os.symlink("/dev/full", stage)  # the kernel's own ENOSPC on every write (pyarrow removes the link)
+        pq.write_table(pa.table({"a": list(range(100_000))}), stage)
+    assert not target.exists() and Path("/dev/full").is_char_device()
 
 
 def test_list_done_lists_only_committed_shards(tmp_path: Path) -> None:

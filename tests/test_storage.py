@@ -1,4 +1,5 @@
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -246,3 +247,16 @@ def test_the_retries_stop_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(StorageError, match="failed after 2 attempts"):
         call("read", "s3://b/k", slow_and_failing, retry=RetryPolicy(attempts=10, base_delay=0.3, deadline=0.4))
     assert len(calls) == 2
+
+
+def test_the_s3_filesystem_is_reused_across_calls(s3_bucket: str) -> None:
+    """botocore rewrites a client's `retries` settings in place; masklet's defaults are given in the
+    rewritten form, so they stay the same and s3fs keeps serving one cached instance (one session,
+    one connection pool) instead of building a new one for every call after the first."""
+    uri = f"s3://{s3_bucket}/probe.bin"
+    before = json.dumps(fsspec.config.conf["s3"]["config_kwargs"], sort_keys=True)
+    first, path = url_to_fs(uri)
+    write_bytes(uri, b"x")
+    call("read", uri, first.cat_file, path)
+    assert url_to_fs(uri)[0] is first
+    assert json.dumps(fsspec.config.conf["s3"]["config_kwargs"], sort_keys=True) == before

@@ -109,6 +109,8 @@ class ShardWriter:
         self._keys: set[str] = set()
         self._started_at = _now()
         self._t0 = time.perf_counter()
+        for kind in self._files:  # what an earlier attempt of this shard, killed mid-write, left
+            storage.remove_stale_stages(self._uri(kind))
         self._tar_stage = StagedFile(self._uri("wds"), **self._io)
         # open across add_video calls; closed by commit() or abort()
         self._tar = tarfile.open(self._tar_stage.path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
@@ -219,7 +221,11 @@ class ShardWriter:
     def _add_member(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = len(data), 0, 0o644
-        self._tar.addfile(info, io.BytesIO(data))
+        try:
+            self._tar.addfile(info, io.BytesIO(data))
+        except OSError as exc:
+            storage.raise_disk_full(exc, self._uri("wds"), self._tar_stage.path)
+            raise
 
     def _write_parquet(self, name: str, table: pa.Table) -> int:
         with storage.staged_file(self._uri(name), **self._io) as stage:

@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import errno
 import functools
+import glob
+import hashlib
 import logging
 import os
 import posixpath
@@ -196,8 +198,11 @@ def _time_limits() -> dict[str, dict[str, Any]]:
     never answers fails the call (then `call` retries it) instead of hanging the job. Each library's
     botocore's own retries are cut to one, as s3fs and `call` retry: a black-hole endpoint fails a call
     within minutes (`RetryPolicy.deadline`), not hours."""
+    # botocore rewrites a `retries` dict into this form in place; given in it, the settings stay as they
+    # are, and so does s3fs's instance cache, whose key they are part of
+    retries = {"total_max_attempts": 2, "mode": "legacy"}
     limits: dict[str, dict[str, Any]] = {
-        "s3": {"config_kwargs": {"connect_timeout": 10, "read_timeout": 20, "retries": {"max_attempts": 1}}}
+        "s3": {"config_kwargs": {"connect_timeout": 10, "read_timeout": 20, "retries": retries}}
     }
     with contextlib.suppress(ImportError):
         import aiohttp
@@ -297,21 +302,22 @@ class StagedFile:
 
     Local targets are staged as a hidden `.{name}.{uuid}.partial` beside the destination (same
     filesystem, so the move is atomic; readers such as pyarrow.dataset skip hidden files);
-    remote ones in the temp directory.
+    remote ones in the temp directory, named after their target (`remove_stale_stages`).
     """
 
     def __init__(self, uri: str, *, retry: RetryPolicy | None = None) -> None:
         self.uri = uri
         self._fs, self._path = url_to_fs(uri)
         self._retry = retry
-        if is_local(self._fs):
-            parent = os.path.dirname(os.path.abspath(self._path))
-            os.makedirs(parent, exist_ok=True)
-            self.path = os.path.join(parent, f".{os.path.basename(self._path)}.{uuid.uuid4().hex}.partial")
-            open(self.path, "wb").close()
-        else:
-            fd, self.path = tempfile.mkstemp(prefix="masklet-", suffix=".partial")
-            os.close(fd)
+        folder, prefix = _stage_prefix(uri)
+        self.path = os.path.join(folder, f"{prefix}{uuid.uuid4().hex}{STAGE_SUFFIX}")
+        mode = 0o666 if is_local(self._fs) else 0o600  # a remote target's stage sits in a shared /tmp
+        try:
+            os.makedirs(folder, exist_ok=True)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+        except OSError as exc:
+            raise_disk_full(exc, uri, self.path)
+            raise
 
     def publish(self, **put_kwargs: Any) -> None:
         """Move (local) or upload (remote) the staged file to `uri`, then drop the stage."""
@@ -328,16 +334,52 @@ class StagedFile:
             os.remove(self.path)
 
 
+STAGE_SUFFIX = ".partial"
+
+
+def _stage_prefix(uri: str) -> tuple[str, str]:
+    """The folder of the stages of `uri` and the start of their names (then a uuid, then STAGE_SUFFIX)."""
+    fs, path = url_to_fs(uri)
+    if is_local(fs):
+        return os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}."
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]  # another root's stage of the same name is not ours
+    return tempfile.gettempdir(), f"masklet-{digest}-{os.path.basename(path)}."
+
+
+def remove_stale_stages(uri: str) -> int:
+    """Delete the stages of `uri` a killed writer left (SIGKILL, a lost node); return how many.
+
+    A writer calls this before it stages `uri` again: one writer per target at a time, so any stage
+    left is stale."""
+    folder, prefix = _stage_prefix(uri)
+    stale = glob.glob(os.path.join(glob.escape(folder), f"{glob.escape(prefix)}*{STAGE_SUFFIX}"), include_hidden=True)
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    return len(stale)
+
+
 @contextlib.contextmanager
 def staged_file(uri: str, *, retry: RetryPolicy | None = None) -> Iterator[str]:
     """Yield a local path to write; on clean exit publish it at `uri` atomically, else discard it."""
     staged = StagedFile(uri, retry=retry)
     try:
         yield staged.path
-    except BaseException:
+    except BaseException as exc:
         staged.discard()
+        if isinstance(exc, OSError):
+            raise_disk_full(exc, uri, staged.path)
         raise
     staged.publish()
+
+
+def raise_disk_full(exc: OSError, uri: str, stage: str) -> None:
+    """Raise, from `exc`, an error naming the folder and the target when `exc` says the disk is full
+    (pyarrow's and tarfile's say so without naming any file); return otherwise."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = os.path.dirname(stage)
+        message = f"no space left in {folder} (disk full or over quota) while writing {uri}"
+        raise OSError(exc.errno, message, stage) from exc
 
 
 def write_bytes(uri: str, data: bytes, *, retry: RetryPolicy | None = None) -> None:
