@@ -248,6 +248,23 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from masklet.io.verify import forget, verify_output
+
+    result = verify_output(args.out_uri, checksums=args.checksums)
+    for damage in result.damage:
+        print(damage)
+    damaged = result.damaged_shards
+    how = "sizes and sha256" if args.checksums else "sizes"
+    print(f"{result.shards} committed shard(s), {result.files} file(s) checked ({how}): {len(damaged)} damaged")
+    if damaged and args.repair:
+        forget(args.out_uri, damaged)
+        print(f"removed the markers of {len(damaged)} shard(s): rerun the job to label them again")
+    elif damaged:
+        print("rerun with --repair to remove their markers, then rerun the job to label them again")
+    return EXIT_FAILED if damaged else EXIT_OK
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from masklet.report import write_report
 
@@ -501,6 +518,18 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--fraction", type=float, help="keep this fraction of the kept masklets (rounded half up)")
     sample.add_argument("--seed", type=int, default=0, help="random seed for --by random (default 0)")
     sample.set_defaults(run=_cmd_sample)
+
+    verify = commands.add_parser(
+        "verify",
+        help="check that every committed shard of an output still holds the files its marker lists",
+        description="Compare each committed shard's files with its _done marker: present, the same size and, with "
+        "--checksums, the same sha256 (reads every file). Exit 0: all intact; 1: damage found (listed). With "
+        "--repair, the damaged shards' markers are removed, so rerunning the job labels them again.",
+    )
+    verify.add_argument("out_uri", metavar="OUT_URI", help="an output root (any fsspec URI)")
+    verify.add_argument("--checksums", action="store_true", help="also compare every file's sha256 (reads it all)")
+    verify.add_argument("--repair", action="store_true", help="remove the markers of the damaged shards")
+    verify.set_defaults(run=_cmd_verify)
     _add_report_commands(commands)
     _add_review_commands(commands)
     _add_job_commands(commands)

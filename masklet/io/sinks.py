@@ -11,6 +11,7 @@ kill before that leaves no marker, so the shard reads as not done and a rerun re
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -164,13 +165,13 @@ class ShardWriter:
             videos = videos_table(
                 self._videos, self._masklets, shard_id=self.shard_id, model=self.model, config_hash=self.config_hash
             )
-            sizes = {
+            files = {
                 "masklets": self._write_parquet("masklets", masklets),
                 "videos": self._write_parquet("videos", videos),
-                "wds": os.path.getsize(self._tar_stage.path),
+                "wds": fingerprint(self._tar_stage.path),
             }
             self._tar_stage.publish()
-            marker = self._marker(sizes, write_seconds=time.perf_counter() - t0, extra=extra)
+            marker = self._marker(files, write_seconds=time.perf_counter() - t0, extra=extra)
             if seconds is not None:
                 marker["seconds"] = dict(seconds)
             storage.write_bytes(self._uri("done"), json.dumps(marker, indent=1).encode(), **self._io)
@@ -227,10 +228,10 @@ class ShardWriter:
             storage.raise_disk_full(exc, self._uri("wds"), self._tar_stage.path)
             raise
 
-    def _write_parquet(self, name: str, table: pa.Table) -> int:
+    def _write_parquet(self, name: str, table: pa.Table) -> tuple[int, str]:
         with storage.staged_file(self._uri(name), **self._io) as stage:
             pq.write_table(table, stage, compression="zstd")
-            return os.path.getsize(stage)
+            return fingerprint(stage)
 
     def _remove_marker(self) -> None:
         """A rerun's first step: until the new marker lands, the shard reads as not done."""
@@ -241,7 +242,9 @@ class ShardWriter:
         if storage.call("check", uri, fs.exists, path, retry=retry):
             storage.call("delete", uri, fs.rm_file, path, retry=retry)
 
-    def _marker(self, sizes: Mapping[str, int], *, write_seconds: float, extra: Mapping[str, Any] | None) -> dict:
+    def _marker(
+        self, files: Mapping[str, tuple[int, str]], *, write_seconds: float, extra: Mapping[str, Any] | None
+    ) -> dict:
         ok = [v for v in self._videos if v.status == "ok"]
         return {
             "shard_id": self.shard_id,
@@ -267,9 +270,20 @@ class ShardWriter:
             },
             "started_at": self._started_at,
             "committed_at": _now(),
-            "files": [{"path": self._files[name], "bytes": size} for name, size in sizes.items()],
+            "files": [
+                {"path": self._files[name], "bytes": size, "sha256": digest} for name, (size, digest) in files.items()
+            ],
             "extra": dict(extra or {}),
         }
+
+
+def fingerprint(path: str) -> tuple[int, str]:
+    """Size and sha256 of a local file, as its shard's marker records them (`masklet verify` checks them)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return os.path.getsize(path), digest.hexdigest()
 
 
 def is_done(
