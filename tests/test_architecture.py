@@ -117,6 +117,7 @@ def test_dependency_rule(scope: tuple[str, ...], banned: tuple[str, ...], why: s
     ("module", "absent"),
     [
         ("masklet.jobs.progress", ("torch", "ray")),  # the progress printer
+        ("masklet.jobs.run_lease", ("torch", "ray")),
         ("masklet.jobs.shard", ("ray",)),  # the shard's work without Ray
         ("masklet.jobs.job_record", ("torch", "ray")),
         ("masklet", ("torch", "ray")),

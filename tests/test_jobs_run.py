@@ -203,9 +203,12 @@ def test_a_worker_that_cannot_start_stops_the_job_with_exit_2(
     assert list_done(str(tmp_path / "out")) == set()
 
 
-def test_sigterm_stops_the_job_cleanly_and_a_rerun_resumes(corpus: Path, tmp_path: Path) -> None:
+def test_sigterm_stops_the_job_cleanly_and_a_rerun_resumes(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """What Kubernetes, Slurm and `ray job stop` send: the driver stops as on Ctrl-C, saves its progress,
-    says how to resume, and exits 143; no traceback, no native stack dump, no worker left."""
+    says how to resume, and exits 143; no traceback, no native stack dump, no worker left. While it
+    ran, the same job started again was refused: it would have labelled every shard twice."""
     out = tmp_path / "out"
     config = write_config(tmp_path / "job.yaml", f"{corpus}/shard-*.tar", out, workers={"count": 1})
     env = {**os.environ, DELAY_ENV: "0.2"}
@@ -218,6 +221,9 @@ def test_sigterm_stops_the_job_cleanly_and_a_rerun_resumes(corpus: Path, tmp_pat
         while not list_done(str(out)) and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         tree = {pid: command_name(pid) for pid in descendants(driver.pid)}
+        assert main(["run", str(config)]) == 2
+        holder = json.loads((out / "progress.json").read_text())["run_id"]
+        assert f"another run (run {holder} on " in capsys.readouterr().err
         driver.send_signal(signal.SIGTERM)
         log = driver.communicate(timeout=60)[0].decode()
     finally:

@@ -166,9 +166,10 @@ def test_progress_json_has_percent_recent_rates_and_eta(tmp_path: Path) -> None:
     progress.tick()
     _work(progress, clock, until=120.0, fps=2.0)
     progress.shard_done(_result("s0", frames=240, failed=1))
-    progress.tick()  # shards moved, and nothing was saved since the start: saves
+    progress.save("running")
     saved = json.loads((tmp_path / "progress.json").read_text())
-    keys = ["state", "run_id", "config_hash", "started_at", "updated_at", "elapsed_seconds", "percent", "shards"]
+    keys = ["state", "run_id", "host", "pid", "config_hash", "started_at", "updated_at", "elapsed_seconds", "percent"]
+    keys += ["shards"]
     keys += ["videos", "frames", "frames_per_second", "recent", "eta_seconds", "eta_at", "masklets", "workers"]
     assert list(saved) == [*keys, "failed_shards", "failed_videos"]
     assert (saved["state"], saved["elapsed_seconds"], saved["percent"]) == ("running", 120.0, 25.0)

@@ -32,6 +32,7 @@ from masklet.io.sources import Shard, list_shards
 from masklet.jobs.cluster import Cluster, Layout, connect, describe_cluster, plan_layout, reachable
 from masklet.jobs.job_record import JobRecord, claim_output
 from masklet.jobs.progress import FailedShard, Progress
+from masklet.jobs.run_lease import take_over
 from masklet.jobs.scheduler import AttemptFailed, Limits, Scheduler, WorkerLost
 from masklet.jobs.worker import ShardWorker
 from masklet.model.device import resolve_device
@@ -158,6 +159,7 @@ def run_job(
         print(f"nothing to do: all {len(plan.shards)} shards are done in {config.output.uri}", file=out)
         return JobSummary(config.output.uri, len(plan.shards), len(plan.done), 0)
     run_id = uuid.uuid4().hex[:12]
+    take_over(config.output.uri, run_id, force=force)
     workers = config.workers
     with connect(config.ray) as cluster, _stop_on_sigterm():
         layout = plan_layout(workers, cluster, len(todo))

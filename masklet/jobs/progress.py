@@ -12,7 +12,8 @@ or a few hours alike); it is unknown until the first shard finishes.
 On a terminal, a tqdm bar redrawn twice a second, messages printed above it. Elsewhere (log files,
 Ray job logs): plain lines with no carriage returns or ANSI codes, one every `log_every` seconds and
 one per finished shard. `progress.json` in the output root is rewritten (atomically) at most every
-`SAVE_EVERY` seconds while shards finish or fail, and when the job ends, with its lists capped (a
+`SAVE_EVERY` seconds while shards finish or fail, at least every `run_lease.HEARTBEAT` seconds
+(the run's claim on the root), and when the job ends, with its lists capped (a
 job of 10^5 failing shards must not rewrite megabytes per shard); a failure to write it is logged and
 never stops the job. Importing this module loads neither Ray nor torch.
 """
@@ -32,6 +33,7 @@ from tqdm.std import tqdm
 
 from masklet.io import layout, storage
 from masklet.io.layout import PROGRESS_FILE
+from masklet.jobs.run_lease import HEARTBEAT, holder
 from masklet.jobs.shard import ShardResult
 
 log = logging.getLogger(__name__)
@@ -183,7 +185,9 @@ class Progress:
         progress.json when shards moved and `SAVE_EVERY` seconds have passed."""
         now = self.clock()
         self._sample(now)
-        if self._dirty and (self._last_saved is None or now - self._last_saved >= SAVE_EVERY):
+        saved = self._last_saved
+        heartbeat = now - (self.started if saved is None else saved) >= HEARTBEAT  # the run still holds the root
+        if heartbeat or (self._dirty and (saved is None or now - saved >= SAVE_EVERY)):
             self.save("running")
         every = REDRAW if self.tty else self.log_every
         if self._last_shown is not None and now - self._last_shown < every:
@@ -234,6 +238,7 @@ class Progress:
         return {
             "state": state,
             "run_id": self.run_id,
+            **holder(),
             "config_hash": self.config_hash,
             "started_at": self.started_at,
             "updated_at": _now(),
