@@ -151,6 +151,18 @@ def test_truncation_found_while_decoding_surfaces_in_the_consumer(tmp_path: Path
     assert decoder_threads() == []
 
 
+@pytest.mark.parametrize("codec", ["mpeg4", "libx264"])
+def test_an_avi_cut_short_is_truncated_not_a_shorter_video(codec: str) -> None:
+    """decord counts only the frames before the cut (9 of 48); the AVI header still says 48."""
+    data = encode(48, codec=codec, container="avi")
+    assert decode_all(data)[0] == list(range(48))
+    stream = open_video(data[: int(len(data) * 0.65)], key="k")
+    assert (stream.backend, stream.frame_count) == ("decord", 48)
+    with pytest.raises(VideoDecodeError, match="header says 48 frames: the file is truncated"), stream:
+        for _ in stream:
+            pass
+
+
 def write_frames(folder: Path, count: int, *, size=(48, 64)) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

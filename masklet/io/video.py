@@ -21,7 +21,8 @@ Where problems show (all as VideoDecodeError, a ValueError naming the key):
   is not a video to track).
 - iteration, in the decoder thread, re-raised in the consumer: decode errors after the first
   frame; a video that ends more than TRUNCATION_TOLERANCE frames before the count in its header
-  (an MP4 cut after its index, which FFmpeg reads to the cut silently); a missing, truncated or
+  (an MP4 cut after its index or an AVI cut anywhere, which FFmpeg reads to the cut silently: the
+  count is the larger of the decoder's and the header's); a missing, truncated or
   corrupt JPEG; a JPEG whose size differs from the first frame's.
 A truncated Matroska/WebM file, which has no frame count up front, ends early without an error.
 """
@@ -145,7 +146,9 @@ class _Decord(_Decoder):
         if self._first.ndim != 3 or self._first.shape[2] != 3:
             # decord packs the rows of narrow videos (width 2..72) wrongly: [H, W, 6] for 16 pixels wide
             raise RuntimeError(f"decord decoded a frame of shape {self._first.shape}, not [H, W, 3]")
-        self.frame_count = len(self._reader)
+        # decord counts the frames it can index: for an AVI cut short, those before the cut, where the
+        # header still holds the whole count; the larger is the video's, so the cut shows when decoding ends
+        self.frame_count = max(len(self._reader), _header_frame_count(data))
         self.fps = float(self._reader.get_avg_fps()) or None
         self.height, self.width = self._first.shape[:2]
 
@@ -203,6 +206,19 @@ class _PyAV(_Decoder):
 
     def close(self) -> None:
         self._container.close()
+
+
+def _header_frame_count(data: bytes) -> int:
+    """The frame count the container's header states (AVI, MP4), 0 where it states none or PyAV is absent."""
+    try:
+        import av
+    except ImportError:
+        return 0
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            return int(container.streams.video[0].frames or 0)
+    except (av.FFmpegError, IndexError):
+        return 0
 
 
 def _count_packets(data: bytes) -> int:
