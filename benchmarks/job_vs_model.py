@@ -56,8 +56,8 @@ class DecodedFrames:
     def __iter__(self):
         return iter(self.frames)
 
-    def reopen(self):
-        return iter(self.frames)
+    def reopen(self, start: int = 0, stop: int | None = None):
+        return iter(self.frames[start:stop])
 
 
 def job_config(args: argparse.Namespace, corpus: str, out: Path) -> JobConfig:

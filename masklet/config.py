@@ -176,14 +176,21 @@ class PipelineConfig(Section):
     reseed_every: int | None = Field(default=None, ge=1, description="annotated frames between re-seeds")
     new_object_iou_thresh: Fraction = 0.3
     edit_iou_thresh: Fraction = 0.7
-    max_objects: int = Field(default=64, ge=1, description="cap on objects tracked at once")
+    max_objects: int = Field(
+        default=64,
+        ge=1,
+        description="cap on automatic objects tracked at once; a released object (drop_lost_after) frees its "
+        "place, so with drop_lost_after null it also caps the objects found in a video",
+    )
     propagate_backward: bool = False
     drop_lost_after: int | None = Field(
         default=None,
         ge=1,
-        description="stop tracking an automatic masklet's object after this many consecutive annotated frames "
-        "unseen (object score <= 0 or empty mask), as a lost object costs a tracker row every frame; null: "
-        "never, as SA-V objects can leave and come back",
+        description="release an automatic masklet's object after this many consecutive annotated frames unseen "
+        "(object score <= 0 or empty mask): it is tracked no more (a lost object costs a tracker row every "
+        "frame), its masklet ends there, its place under max_objects is free, and a later seed frame that "
+        "finds it again starts a new masklet; null: never, as SA-V objects leave and come back (long videos: "
+        "docs/long-videos.md)",
     )
     prompt_frames: Literal["snap", "exact"] = Field(
         default="snap",

@@ -9,6 +9,7 @@ Both look the frame up by its pixels, so they see exactly what the pipeline feed
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,9 @@ class Truth:
         self.decodes += 1
         return (Frame(t, rgb) for t, rgb in enumerate(self.rgb))
 
-    def reopen(self) -> Iterator[Frame]:
-        return iter(self)
+    def reopen(self, start: int = 0, stop: int | None = None) -> Iterator[Frame]:
+        """Annotated positions start..stop-1 again, as `FrameStream.reopen` gives them (one more decode)."""
+        return itertools.islice(iter(self), start, stop)
 
     def position(self, rgb: np.ndarray) -> int:
         return next(t for t, x in enumerate(self.rgb) if x is rgb or np.array_equal(x, rgb))

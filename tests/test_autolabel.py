@@ -7,6 +7,7 @@ frame 1, object 2 leaves on frames 2-5 and comes back on frame 6.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ def run(
     trackers = TrackerFactoryDouble(truth, script)
     proposer = ProposerDouble(truth, hide or {})
     labeler = AutoLabeler(PipelineConfig(**options), trackers, proposer)
-    return labeler("vid", iter(truth), lambda: iter(truth)), trackers, proposer
+    return labeler("vid", iter(truth), lambda start, stop: itertools.islice(truth, start, stop)), trackers, proposer
 
 
 def follows(trackers: TrackerFactoryDouble) -> dict[int, int]:
@@ -125,7 +126,7 @@ def test_without_backward_late_masklets_start_at_birth() -> None:
 
 
 def test_lost_objects_are_dropped_after_n_unseen_frames() -> None:
-    """GT object 2 is out of the frame on 2-5: with drop_lost_after=2 it stops being tracked after frame 3."""
+    """GT object 2 is out of the frame on 2-5: with drop_lost_after=2 it is released after frame 3."""
     truth = Truth()
     off, _, _ = run(truth)
     records, trackers, _ = run(truth, drop_lost_after=2)
@@ -134,9 +135,8 @@ def test_lost_objects_are_dropped_after_n_unseen_frames() -> None:
     assert tracker.removed[gone] == 2
     assert [len(objs) for _, objs in tracker.steps] == [0, 2, 2, 2, 1, 1, 1, 1]  # one row fewer from frame 4
     by_id = {r.masklet_id: r for r in records}
-    assert by_id[gone].frame_indices == list(range(8))  # an entry per frame to the end, empty once dropped
-    assert [m.any() for m in masks(by_id[gone])] == [True, True] + [False] * 6  # even when it is back on 6
-    assert by_id[gone].object_score[4:] == [0.0] * 4
+    assert by_id[gone].frame_indices == list(range(4))  # the frames it was tracked on; none once released
+    assert [m.any() for m in masks(by_id[gone])] == [True, True, False, False]  # nothing when it is back on 6
     assert [r for r in records if r.masklet_id != gone] == [r for r in off if r.masklet_id != gone]
     # unseen on 4 consecutive frames, 2-5: dropped at 4, not at 5, which leaves everything as with the option off
     assert trackers_after(truth, drop_lost_after=4).removed and not trackers_after(truth, drop_lost_after=5).removed
@@ -151,7 +151,9 @@ def test_a_dropped_object_is_not_matched_and_may_start_a_new_masklet() -> None:
     assert [t for t, fixes in tracker.corrections if gone in fixes] == [0]  # born on 0, never edited once dropped
     reborn = [r for r in records if tracker.follows.get(r.masklet_id) == 2]
     assert [r.first_frame for r in reborn] == [6] and reborn[0].masklet_id > max(tracker.removed)
-    assert all(r.frame_indices == list(range(r.frame_indices[0], 8)) for r in records)
+    ends = {r.masklet_id: r.frame_indices[-1] for r in records}
+    assert ends == {o: 3 if o == gone else 7 for o in ends}  # released after frame 3, the others to the end
+    assert all(r.frame_indices == list(range(r.frame_indices[0], ends[r.masklet_id] + 1)) for r in records)
 
 
 def test_match_rules() -> None:

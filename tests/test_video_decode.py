@@ -66,6 +66,26 @@ def test_max_frames_caps_the_frames_yielded_and_none_keeps_all() -> None:
     assert decode_all(data, fps=None)[0] == list(range(30))
 
 
+def test_reopen_gives_positions_start_to_stop_within_max_frames() -> None:
+    """What a backward pass asks for: annotated positions start..stop-1, as the first pass numbered them."""
+    with open_video(encode(30, fps=24), key="k", fps=6, max_frames=6) as stream:
+        assert [f.index for f in stream] == [0, 4, 8, 12, 16, 20]
+        assert [f.index for f in stream.reopen(2, 4)] == [8, 12]
+        assert [f.index for f in stream.reopen(4)] == [f.index for f in stream.reopen(4, 99)] == [16, 20]
+        assert [f.index for f in stream.reopen()] == [0, 4, 8, 12, 16, 20]
+        assert list(stream.reopen(3, 3)) == []
+        with pytest.raises(ValueError, match="start <= stop"):
+            stream.reopen(4, 2)
+        copy = iter(stream.reopen(1))
+        next(copy)  # one copy holds the seeking decoder; another, meanwhile, opens its own
+        assert [f.index for f in stream.reopen(0, 2)] == [0, 4]
+        copy.close()
+    with open_video(encode(30, fps=24), key="k", fps=6) as stream:  # 8 frames: 0, 4, ..., 28
+        assert list(stream.reopen(8)) == list(stream.reopen(20)) == []  # past the end: nothing, not an error
+        assert [f.index for f in stream.reopen(7)] == [28]
+    assert decoder_threads() == []
+
+
 @pytest.mark.parametrize("container", ["mp4", "matroska"])
 def test_pyav_reads_what_decord_cannot(container: str) -> None:
     data = encode(10, codec="libsvtav1", container=container)  # decord's FFmpeg 4 has no AV1 decoder

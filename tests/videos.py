@@ -46,13 +46,20 @@ def encode(
     codec: str = "libx264",
     container: str = "mp4",
     pix_fmt: str = "yuv420p",
+    keyint: int | None = None,
 ) -> bytes:
-    """`count` index frames encoded with any codec, pixel format and container PyAV can write."""
+    """`count` index frames encoded with any codec, pixel format and container PyAV can write.
+
+    `keyint`: a keyframe every `keyint` frames (with B-frames for H.264), as a streaming encoder writes;
+    None leaves the encoder's default (x264: 250)."""
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner on every encode otherwise
     buffer = io.BytesIO()
     rate = Fraction(fps).limit_denominator(1001)
+    options = {"preset": "ultrafast"} if codec == "libx264" else {}
+    if keyint is not None:
+        options |= {"g": str(keyint)} | ({"bf": "2", "sc_threshold": "0"} if codec == "libx264" else {})
     with av.open(buffer, mode="w", format=container) as out:
-        stream = out.add_stream(codec, rate=rate, options={"preset": "ultrafast"} if codec == "libx264" else {})
+        stream = out.add_stream(codec, rate=rate, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         for index in range(count):
             frame = av.VideoFrame.from_ndarray(index_frame(index, width, height), format="rgb24")

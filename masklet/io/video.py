@@ -14,6 +14,17 @@ are yielded with their original index (SA-V: 24 fps annotated at 6 fps -> every 
 at 6 fps -> every 5th, i.e. 6.0 fps; 25 fps -> every 4th, i.e. 6.25 fps). `fps=None`, or a video
 whose fps is unknown, keeps every frame. `max_frames` caps the number of frames yielded.
 
+Decoding again (`VideoStream.reopen(start, stop)`, for a backward pass): the annotated frames from
+position `start` are reached by seeking to the keyframe at or before them and decoding from there
+(decord's `seek_accurate`; PyAV by the keyframe's timestamp in the packet index; a JPEG folder
+opens that file), never by decoding the video's prefix again, and one seeking decoder serves all the
+reopens of a stream. Seeks are checked: the first pass keeps a checksum of every annotated frame it
+decoded (a few bytes a frame), and a reopened frame that differs from the first pass's at its
+position (a container whose timestamps mislead the seek) turns seeking off for that video, which is
+then decoded from its start again. `DecodeClock.frames_decoded` counts every frame a backend decodes,
+those decoded only to reach a wanted one included (for decord, from its keyframe index: its seek
+decodes from the keyframe before the frame, its skip seeks past a keyframe it crosses).
+
 Where problems show (all as VideoDecodeError, a ValueError naming the key):
 - open_video: empty input; bytes neither backend can open (truncated, corrupt, not a video,
   unsupported codec, no video stream); a first frame that does not decode; fewer than
@@ -29,6 +40,8 @@ A truncated Matroska/WebM file, which has no frame count up front, ends early wi
 
 from __future__ import annotations
 
+import array
+import bisect
 import contextlib
 import io
 import itertools
@@ -38,6 +51,7 @@ import os
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -121,28 +135,45 @@ def frame_stride(source_fps: float | None, fps: float | None) -> int:
 
 
 class _Decoder:
-    """What every backend reports on open, and a frame iterator run in the decoder thread."""
+    """What every backend reports on open, and a frame iterator run in the decoder thread; every frame
+    it decodes, kept or not, counts on `clock`."""
 
     backend: str
     fps: float | None
     frame_count: int
     height: int
     width: int
+    clock: DecodeClock
+    _first: np.ndarray | None  # the frame decoded on open, until a pass from the start hands it out
 
-    def frames(self, stride: int) -> Iterator[Frame]:
+    def frames(self, stride: int, start: int = 0) -> Iterator[Frame]:
+        """Frames start * stride, (start + 1) * stride, ... to the end. From where the decoder stands it
+        decodes on; elsewhere it seeks (to the keyframe at or before the frame, decoding from there)."""
         raise NotImplementedError
 
     def close(self) -> None:
         """Release the backend's resources; nothing by default."""
 
+    def _opening(self, stride: int, start: int) -> tuple[Frame | None, int]:
+        """The frame decoded on open, if this pass starts there, and the index to read next; the open's
+        frame is handed out once."""
+        first, self._first = self._first, None
+        if start == 0 and first is not None:
+            return Frame(0, first), stride
+        return None, start * stride
+
 
 class _Decord(_Decoder):
     backend = "decord"
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, clock: DecodeClock) -> None:
         with _stderr_silenced():
             self._reader = decord.VideoReader(io.BytesIO(data))
         self._first: np.ndarray | None = self._reader.next().asnumpy()
+        self.clock = clock
+        clock.frames_decoded += 1
+        self._next = 1  # the frame the reader's next() returns
+        self._keyframes: list[int] | None = None
         if self._first.ndim != 3 or self._first.shape[2] != 3:
             # decord packs the rows of narrow videos (width 2..72) wrongly: [H, W, 6] for 16 pixels wide
             raise RuntimeError(f"decord decoded a frame of shape {self._first.shape}, not [H, W, 3]")
@@ -152,19 +183,37 @@ class _Decord(_Decoder):
         self.fps = float(self._reader.get_avg_fps()) or None
         self.height, self.width = self._first.shape[:2]
 
-    def frames(self, stride: int) -> Iterator[Frame]:
-        first, self._first = self._first, None
-        yield Frame(0, first)
-        index = 0
-        while True:
-            if stride > 1:
-                self._reader.skip_frames(stride - 1)
-            index += stride
-            try:
-                rgb = self._reader.next().asnumpy()
-            except StopIteration:
-                return
+    def frames(self, stride: int, start: int = 0) -> Iterator[Frame]:
+        first, index = self._opening(stride, start)
+        if first is not None:
+            yield first
+        while (rgb := self._read(index)) is not None:
             yield Frame(index, rgb)
+            index += stride
+
+    def _read(self, index: int) -> np.ndarray | None:
+        """Frame `index`, None past the end. Ahead, decord skips to it (seeking to the last keyframe it
+        crosses); behind, `seek_accurate` seeks to the keyframe at or before it and decodes from there."""
+        if index >= len(self._reader):
+            return None
+        if self._keyframes is None:
+            self._keyframes = [int(k) for k in self._reader.get_key_indices()]
+        at = bisect.bisect_right(self._keyframes, index) - 1
+        keyframe = self._keyframes[at] if at >= 0 else 0
+        if index >= self._next:
+            if index > self._next:
+                self._reader.skip_frames(index - self._next)
+            decoded = index + 1 - max(keyframe, self._next)
+        else:
+            self._reader.seek_accurate(index)
+            decoded = index + 1 - keyframe
+        try:
+            rgb = self._reader.next().asnumpy()
+        except StopIteration:
+            return None
+        self._next = index + 1
+        self.clock.frames_decoded += decoded
+        return rgb
 
     def close(self) -> None:
         self._reader = None  # frees the decoder and its copy of the container now, not at garbage collection
@@ -173,9 +222,10 @@ class _Decord(_Decoder):
 class _PyAV(_Decoder):
     backend = "pyav"
 
-    def __init__(self, data: bytes, key: str) -> None:
+    def __init__(self, data: bytes, key: str, clock: DecodeClock) -> None:
         import av
 
+        self._data, self.clock = data, clock
         self._container = av.open(io.BytesIO(data))
         try:
             if not self._container.streams.video:
@@ -184,10 +234,15 @@ class _PyAV(_Decoder):
             if stream.codec_context is None:
                 raise VideoDecodeError(key, "unsupported codec: FFmpeg has no decoder for its video stream")
             stream.thread_type = "AUTO"
+            self._stream = stream
             self._decoded = self._container.decode(stream)
             first = next(self._decoded, None)
             if first is None:
                 raise VideoDecodeError(key, "the video stream holds no frame")
+            clock.frames_decoded += 1
+            self._next = 1  # the frame `_decoded` gives next
+            self._sought: int | None = None  # pts of the keyframe just sought, until it comes out
+            self._packets: tuple[list[int], list[int]] | None = None
             self._first: np.ndarray | None = first.to_ndarray(format="rgb24")
             rate = stream.average_rate or stream.guessed_rate
             self.fps = float(rate) if rate else None
@@ -197,12 +252,54 @@ class _PyAV(_Decoder):
             self._container.close()
             raise
 
-    def frames(self, stride: int) -> Iterator[Frame]:
-        first, self._first = self._first, None
-        yield Frame(0, first)
-        for index, frame in enumerate(self._decoded, start=1):
-            if index % stride == 0:
-                yield Frame(index, frame.to_ndarray(format="rgb24"))
+    def frames(self, stride: int, start: int = 0) -> Iterator[Frame]:
+        first, index = self._opening(stride, start)
+        if first is not None:
+            yield first
+        if index < self._next or (start > 0 and self._keyframe(index)[0] > self._next):
+            self._seek(index)
+        for frame in self._decoded:
+            self.clock.frames_decoded += 1
+            if self._sought is not None:
+                if frame.pts is not None and frame.pts < self._sought:
+                    continue  # a leading frame of an open GOP, shown before the keyframe
+                self._sought = None
+            position, self._next = self._next, self._next + 1
+            if position >= index and (position - index) % stride == 0:
+                yield Frame(position, frame.to_ndarray(format="rgb24"))
+
+    def _keyframe(self, index: int) -> tuple[int, int | None]:
+        """(frame, pts) of the keyframe at or before frame `index`; (0, None) where the packets do not
+        say (before the first keyframe, or a packet without a timestamp)."""
+        if self._packets is None:
+            import av
+
+            with av.open(io.BytesIO(self._data)) as container:
+                stream = container.streams.video[0]
+                # a discarded packet (before an MP4 edit list's start) gives no frame
+                packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size and not p.is_discard]
+            timed = sorted((pts, key) for pts, key in packets if pts is not None)
+            keyframes = [k for k, (_, key) in enumerate(timed) if key] if len(timed) == len(packets) else []
+            self._packets = ([pts for pts, _ in timed], keyframes)
+        timestamps, keyframes = self._packets
+        at = bisect.bisect_right(keyframes, index) - 1
+        return (keyframes[at], timestamps[keyframes[at]]) if at >= 0 else (0, None)
+
+    def _seek(self, index: int) -> None:
+        """Stand on the keyframe at or before frame `index`: sought by its timestamp, or, where the
+        packets give none, the container opened again at its first frame."""
+        import av
+
+        frame, pts = self._keyframe(index)
+        if pts is None:
+            self._container.close()
+            self._container = av.open(io.BytesIO(self._data))
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_type = "AUTO"
+        else:
+            self._container.seek(pts, stream=self._stream, backward=True, any_frame=False)
+        self._decoded = self._container.decode(self._stream)
+        self._next, self._sought = frame, pts
 
     def close(self) -> None:
         self._container.close()
@@ -233,27 +330,31 @@ def _count_packets(data: bytes) -> int:
 class _Jpegs(_Decoder):
     backend = "jpeg"
 
-    def __init__(self, files: FrameFiles, key: str) -> None:
+    def __init__(self, files: FrameFiles, key: str, clock: DecodeClock) -> None:
         if not files.uris:
             raise VideoDecodeError(key, "the frame folder holds no JPEG frames")
         import av
 
-        self._files, self._key = files, key
+        self._files, self._key, self.clock = files, key, clock
         self._codec = av.CodecContext.create("mjpeg", "r")
         self._first: np.ndarray | None = self._decode(0, first=True)
         self.height, self.width = self._first.shape[:2]
         self.frame_count, self.fps = len(files.uris), files.fps
 
-    def frames(self, stride: int) -> Iterator[Frame]:
-        first, self._first = self._first, None
-        yield Frame(self._files.indices[0], first)
-        for position in range(stride, len(self._files.uris), stride):
+    def frames(self, stride: int, start: int = 0) -> Iterator[Frame]:
+        begin = start * stride
+        if begin == 0 and self._first is not None:
+            yield Frame(self._files.indices[0], self._first)
+            begin = stride
+        self._first = None
+        for position in range(begin, len(self._files.uris), stride):
             yield Frame(self._files.indices[position], self._decode(position))
 
     def _decode(self, position: int, first: bool = False) -> np.ndarray:
         import av
 
         uri = self._files.uris[position]
+        self.clock.frames_decoded += 1
         try:
             with fsspec.open(uri, "rb") as f:
                 data = f.read()
@@ -287,20 +388,20 @@ def _is_complete_jpeg(data: bytes) -> bool:
     return data.startswith(b"\xff\xd8") and data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0
 
 
-def _open_decoder(source: bytes | FrameFiles, key: str) -> _Decoder:
+def _open_decoder(source: bytes | FrameFiles, key: str, clock: DecodeClock) -> _Decoder:
     if isinstance(source, FrameFiles):
-        return _Jpegs(source, key)
+        return _Jpegs(source, key, clock)
     data = source
     if not data:
         raise VideoDecodeError(key, "the video file is empty (0 bytes)")
     try:
-        return _Decord(data)
+        return _Decord(data, clock)
     except Exception as exc:  # decord raises RuntimeError, DECORDError, AssertionError, ...
         log.debug("decord cannot open video %r (%s); trying PyAV", key, exc)
     import av
 
     try:
-        return _PyAV(data, key)
+        return _PyAV(data, key, clock)
     except VideoDecodeError:
         raise
     except av.DecoderNotFoundError as exc:
@@ -314,18 +415,56 @@ def _open_decoder(source: bytes | FrameFiles, key: str) -> _Decoder:
 
 @dataclass
 class DecodeClock:
-    """Time a consumer spent waiting for decoded frames, shared by a stream and its reopened copies:
-    decoding that prefetch did not hide behind the consumer's work."""
+    """What decoding a video cost, shared by a stream and its reopened copies: the time a consumer spent
+    waiting for decoded frames (decoding that prefetch did not hide behind the consumer's work), and
+    the frames the backends decoded."""
 
     wait_seconds: float = 0.0
+    frames_decoded: int = 0
+
+
+def _checksum(rgb: np.ndarray) -> int:
+    """CRC-32 of every 8th row (0.3 ms for 1080p): a seek that lands on another frame shows in it (a
+    frame identical there to the wanted one is, for tracking, that frame)."""
+    return zlib.crc32(np.ascontiguousarray(rgb[::8]))
+
+
+class _Replays:
+    """What a stream shares with its reopened copies: the checksums of the frames its first pass
+    decoded, by position; whether seeking still gives those frames; and the decoder that seeks, lent to
+    one copy at a time (opening the video again would copy and index the whole container every time)."""
+
+    def __init__(self, source: bytes | FrameFiles, key: str, clock: DecodeClock) -> None:
+        self.source, self.key, self.clock = source, key, clock
+        self.checksums = array.array("L")
+        self.seeking = True
+        self.decoder: _Decoder | None = None
+        self._lent = False
+
+    def lend(self) -> _Decoder:
+        """The seeking decoder; while a copy holds it, a new one, which the borrower closes."""
+        if self._lent:
+            return _open_decoder(self.source, self.key, self.clock)
+        if self.decoder is None:
+            self.decoder = _open_decoder(self.source, self.key, self.clock)
+        self._lent = True
+        return self.decoder
+
+    def give_back(self) -> None:
+        self._lent = False
+
+    def close(self) -> None:
+        if self.decoder is not None:
+            self.decoder.close()
+            self.decoder = None
 
 
 class VideoStream:
     """An opened video: its properties are known before iterating; frames are decoded ahead.
 
     Iterate once (or use as a context manager); leaving the loop early stops the decoder thread.
-    `frame_indices` lists the frames yielded so far; `reopen()` decodes the same frames again from the
-    bytes already in memory (never from the source), for a backward pass.
+    `frame_indices` lists the frames yielded so far; `reopen(start, stop)` decodes annotated positions
+    start..stop-1 again from the bytes already in memory (never from the source), for a backward pass.
     """
 
     def __init__(
@@ -337,7 +476,9 @@ class VideoStream:
         fps: float | None,
         max_frames: int | None,
         prefetch: int,
-        clock: DecodeClock | None = None,
+        replays: _Replays | None = None,
+        start: int = 0,
+        stop: int | None = None,
     ):
         self.key = key
         self.backend = decoder.backend
@@ -348,10 +489,16 @@ class VideoStream:
         self.stride = frame_stride(decoder.fps, fps)
         self.max_frames = max_frames
         self.frame_indices: list[int] = []
-        self.clock = clock or DecodeClock()
+        self.clock = decoder.clock
         self._source = source
         self._prefetch_depth = prefetch
         self._decoder = decoder
+        self._released = False  # the decoder closed, or given back to the stream it was lent by
+        self._first_pass = replays is None
+        self._replays = replays or _Replays(source, key, self.clock)
+        self._start = start
+        self._stop = min((n for n in (stop, max_frames) if n is not None), default=None)
+        self._fallback: _Decoder | None = None
         self._prefetch = Prefetcher(self._decode, prefetch, name=f"masklet-decode:{key}")
 
     def __iter__(self) -> Iterator[Frame]:
@@ -370,22 +517,36 @@ class VideoStream:
         finally:
             self.close()
 
-    def reopen(self) -> VideoStream:
-        """The same frames again, decoded afresh from the bytes this stream holds; waits count on one clock."""
-        decoder = _open_decoder(self._source, self.key)
+    def reopen(self, start: int = 0, stop: int | None = None) -> VideoStream:
+        """Annotated positions start..stop-1 (to the end when stop is None) again, as the first pass
+        yielded them. The copies of a stream share one decoder that seeks, so a backward pass decodes
+        each frame about once, not the video's prefix for every chunk; waits and frames count on one clock."""
+        if start < 0 or (stop is not None and stop < start):
+            raise ValueError(f"reopen needs 0 <= start <= stop, got start={start}, stop={stop}")
         return VideoStream(
             self._source,
-            decoder,
+            self._replays.lend(),
             key=self.key,
             fps=self.fps,
             max_frames=self.max_frames,
             prefetch=self._prefetch_depth,
-            clock=self.clock,
+            replays=self._replays,
+            start=start,
+            stop=stop,
         )
 
     def close(self) -> None:
         self._prefetch.close()
-        self._decoder.close()
+        if not self._released:
+            self._released = True
+            if self._decoder is self._replays.decoder:
+                self._replays.give_back()
+            else:
+                self._decoder.close()
+        if self._fallback is not None:
+            self._fallback.close()
+        if self._first_pass:
+            self._replays.close()
 
     def __enter__(self) -> VideoStream:
         return self
@@ -395,10 +556,11 @@ class VideoStream:
 
     def _decode(self) -> Iterator[Frame]:
         """Runs in the decoder thread: anything that goes wrong becomes a VideoDecodeError."""
-        frames = itertools.islice(self._decoder.frames(self.stride), self.max_frames)
-        count, last = 0, 0
+        frames = self._first_frames() if self._first_pass else self._frames_again()
+        limit = None if self._stop is None else max(0, self._stop - self._start)
+        count, last = 0, max(0, self._start - 1) * self.stride  # a copy that starts past the end is not cut short
         try:
-            for frame in frames:
+            for frame in itertools.islice(frames, limit):
                 count, last = count + 1, frame.index
                 yield frame
         except VideoDecodeError:
@@ -407,13 +569,40 @@ class VideoStream:
             raise VideoDecodeError(
                 self.key, f"decoding failed after frame {last}, the file is probably truncated or corrupt: {exc}"
             ) from exc
-        ran_to_end = self.max_frames is None or count < self.max_frames
+        ran_to_end = limit is None or count < limit
         # Frame folders number their frames by file name and raise on any bad file instead.
         if ran_to_end and self.backend != "jpeg" and last + self.stride < self.frame_count - TRUNCATION_TOLERANCE:
             raise VideoDecodeError(
                 self.key,
                 f"the video ends at frame {last} but its header says {self.frame_count} frames: the file is truncated",
             )
+
+    def _first_frames(self) -> Iterator[Frame]:
+        """The first pass: every frame's checksum is kept for the copies to check theirs against."""
+        for frame in self._decoder.frames(self.stride):
+            self._replays.checksums.append(_checksum(frame.rgb))
+            yield frame
+
+    def _frames_again(self) -> Iterator[Frame]:
+        """A copy's frames, sought. A frame whose checksum is not the first pass's at its position ends
+        seeking in this video: from there on, copies decode from the first frame, as the first pass did."""
+        replays, position = self._replays, self._start
+        if replays.seeking:
+            for frame in self._decoder.frames(self.stride, self._start):
+                if position < len(replays.checksums) and _checksum(frame.rgb) != replays.checksums[position]:
+                    replays.seeking = False
+                    log.warning(
+                        "video %r: seeking to frame %d gave another frame; decoding it from the start instead",
+                        self.key,
+                        frame.index,
+                    )
+                    break
+                yield frame
+                position += 1
+            else:
+                return
+        self._fallback = _open_decoder(self._source, self.key, self.clock)
+        yield from itertools.islice(self._fallback.frames(self.stride), position, None)
 
 
 def open_video(
@@ -430,7 +619,7 @@ def open_video(
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
     if not isinstance(source, (bytes, FrameFiles)):
         source = bytes(source) if isinstance(source, (bytearray, memoryview)) else source.read()
-    decoder = _open_decoder(source, key)
+    decoder = _open_decoder(source, key, DecodeClock())
     if decoder.frame_count < min_frames:
         decoder.close()
         raise VideoDecodeError(

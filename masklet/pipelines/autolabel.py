@@ -8,7 +8,7 @@ the tracker holds on that frame, after the frame is tracked:
 - a candidate matching no tracked object (IoU < `new_object_iou_thresh` with every visible tracked
   mask and with the last visible mask of every lost object) and not mostly inside the union of
   visible tracked masks (< `COVERED_FRACTION` of its area: a part of a tracked object is not a new
-  object) starts a masklet, while fewer than `max_objects` objects are tracked;
+  object) starts a masklet, while fewer than `max_objects` objects are tracked at once;
 - a visible tracked object that no candidate confirms (IoU >= `edit_iou_thresh`) but one overlaps
   (IoU >= `new_object_iou_thresh`, and this object is that candidate's best match) is corrected with
   that candidate's mask: one *edit* for the masklet;
@@ -19,10 +19,17 @@ the tracker holds on that frame, after the frame is tracked:
 Edits count corrected frames per masklet (SA-V's `masklet_edited_frame_count`). Corrections and new
 masklets land on the frame being judged (`VideoTracker.correct`), as conditioning frames. All objects
 advance in one batched `step` per frame. With `propagate_backward`, masklets born after the first
-frame are tracked back to it by one reverse tracker, over frames decoded again (`tracking`). With
-`drop_lost_after`, an object unseen (object score <= 0 or empty mask) on that many consecutive frames
-stops being tracked: it is no longer matched, its masklet is empty from then on, and a later seed
-frame that finds the object again starts a new masklet.
+frame are tracked back to it by a reverse tracker, over frames decoded again (`tracking`).
+
+`max_objects` bounds the objects tracked at once, not the objects found: with `drop_lost_after`, an
+object unseen (object score <= 0 or empty mask) on that many consecutive annotated frames is
+released: the tracker forgets it (it costs nothing on later frames), its masklet's frames end there
+(no entries after it), it is no longer matched, and its slot is free, so a later seed frame that
+finds the object again starts a new masklet; before that, a seed frame whose candidate overlaps its
+last visible mask re-finds it (a lost object, above). The backward pass releases the same way, going
+back, and skips the frames where no late-born object is tracked back. Without `drop_lost_after`
+(null, the default) nothing is released: every object is tracked to the end of the video, and after
+`max_objects` objects no new masklet starts (docs/long-videos.md).
 
 A seed frame is encoded once: the generator proposes from the tracker's features of the frame, so
 both see the pixels the official video predictor would (its bicubic resize on uint8; the image
@@ -32,7 +39,7 @@ generator on its own resizes bilinear on floats, as the official image predictor
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +48,7 @@ import torch
 from torch import Tensor
 
 from masklet.config import JobConfig, PipelineConfig
+from masklet.io import rle
 from masklet.io.schema import MaskletRecord
 from masklet.io.sources import VideoInput
 from masklet.io.video import Frame
@@ -51,7 +59,7 @@ from masklet.pipelines.automask import AutoMaskConfig, AutoMaskGenerator
 from masklet.pipelines.contract import FrameStream
 from masklet.pipelines.filters import apply_filters
 from masklet.pipelines.quality import MaskletSequences
-from masklet.pipelines.tracking import TrackerFactory, record, replay_backward, tracker_factory
+from masklet.pipelines.tracking import Reopen, Tracker, TrackerFactory, record, replay_backward, tracker_factory
 
 COVERED_FRACTION = 0.5  # a candidate this much inside tracked masks is part of them, not a new object
 MAX_COND_FRAMES = 8  # with re-seeding, corrections keep coming: attend to the closest corrected frames
@@ -142,6 +150,22 @@ def _visible_masks(out: TrackOutput) -> Tensor:
     return (out.masks() & (out.object_score_logits > 0)[:, None, None]).cpu()
 
 
+def _release_lost(tracker: Tracker, seen: Mapping[int, bool], unseen: dict[int, int], after: int | None) -> list[int]:
+    """Count, in `unseen`, the consecutive frames each object of `seen` (object -> visible on this
+    frame) has not been visible; remove from `tracker` those unseen on `after` frames (never when
+    None), and return them."""
+    if after is None:
+        return []
+    released = []
+    for o, visible in seen.items():
+        unseen[o] = 0 if visible else unseen.get(o, 0) + 1
+        if unseen[o] >= after:
+            tracker.remove_object(o)
+            del unseen[o]
+            released.append(o)
+    return released
+
+
 class AutoLabeler:
     """The automatic pipeline for one video at a time, on any tracker and mask proposer."""
 
@@ -159,21 +183,18 @@ class AutoLabeler:
         every = self.config.reseed_every
         return position == 0 or (every is not None and position % every == 0)
 
-    def __call__(
-        self, key: str, frames: Iterable[Frame], reopen: Callable[[], Iterable[Frame]] | None = None
-    ) -> list[MaskletRecord]:
-        """Every masklet of the video, unfiltered. `reopen` decodes the video again from the start
-        (needed with `propagate_backward`)."""
+    def __call__(self, key: str, frames: Iterable[Frame], reopen: Reopen | None = None) -> list[MaskletRecord]:
+        """Every masklet of the video, unfiltered. `reopen(start, stop)` decodes annotated positions
+        start..stop-1 again (needed with `propagate_backward`)."""
         c = self.config
         tracker = self.make_tracker(reverse=False, start=0)
         sequences = MaskletSequences(key, source="auto", stability_offset=c.stability_score_offset)
         edits: dict[int, int] = {}
         last_visible: dict[int, Tensor] = {}
-        births: dict[int, tuple[int, Tensor]] = {}  # late-born obj -> (position, mask), for the backward pass
+        births: dict[int, tuple[int, rle.RLE]] = {}  # late-born obj -> (position, mask), for the backward pass
         obj_ids: list[int] = []  # tracked, in the order they were added
         next_id = 1
         unseen: dict[int, int] = {}  # consecutive frames each tracked object has not been visible
-        dropped: list[int] = []  # no longer tracked (drop_lost_after)
         for position, frame in enumerate(frames):
             seed = self._is_seed(position)
             features = tracker.encode(frame.rgb) if seed else None
@@ -198,7 +219,7 @@ class AutoLabeler:
                 for k, i in enumerate(decided.new):
                     fixes[next_id + k] = masks[i].numpy()
                     if position > 0 and c.propagate_backward:
-                        births[next_id + k] = (position, masks[i])
+                        births[next_id + k] = (position, rle.encode(masks[i].numpy()))
                 for o in decided.edits:
                     edits[o] = edits.get(o, 0) + 1
                 if fixes:
@@ -212,35 +233,39 @@ class AutoLabeler:
                     seen[o] = bool(mask.any())
                     if seen[o]:
                         last_visible[o] = mask
-            sequences.add_untracked(frame.index, dropped)
-            if c.drop_lost_after is not None:
-                for o, visible in seen.items():
-                    unseen[o] = 0 if visible else unseen.get(o, 0) + 1
-                    if unseen[o] >= c.drop_lost_after:
-                        tracker.remove_object(o)
-                        obj_ids.remove(o)
-                        dropped.append(o)
-                        del unseen[o]
-                        last_visible.pop(o, None)
+            for o in _release_lost(tracker, seen, unseen, c.drop_lost_after):
+                obj_ids.remove(o)
+                last_visible.pop(o, None)
         if births:
             if reopen is None:
                 raise ValueError("propagate_backward needs the video decoded again, and no reopen was given")
             self._backward(births, reopen, sequences)
         return sequences.records(edits)
 
-    def _backward(
-        self, births: dict[int, tuple[int, Tensor]], reopen: Callable[[], Iterable[Frame]], sequences: MaskletSequences
-    ) -> None:
-        """Track late-born masklets from their birth frames back to the first frame, all in one reverse
-        tracker; only frames before each birth are recorded (the forward pass has the rest)."""
-        last = max(p for p, _ in births.values())
-        tracker = self.make_tracker(reverse=True, start=last)
-        for position, frame in replay_backward(reopen, last):
-            for obj, (born, mask) in births.items():
-                if born == position:
-                    tracker.add_object(obj, mask=mask.numpy())
-            out = tracker.step(frame.rgb)
-            record(sequences, frame.index, out, keep=lambda o, position=position: births[o][0] > position)
+    def _backward(self, births: dict[int, tuple[int, rle.RLE]], reopen: Reopen, sequences: MaskletSequences) -> None:
+        """Track late-born masklets from their birth frames back toward the first frame, each added to a
+        reverse tracker at its birth; only frames before each birth are recorded (the forward pass has
+        the rest). Released objects leave the tracker; when none is left, the pass resumes at the next
+        birth back, in a new reverse tracker, without decoding the frames between."""
+        waiting = sorted(births, key=lambda o: (births[o][0], -o))  # pop() gives the latest birth, lowest id first
+        while waiting:
+            last = births[waiting[-1]][0]
+            tracker = self.make_tracker(reverse=True, start=last)
+            tracked: set[int] = set()
+            unseen: dict[int, int] = {}
+            for position, frame in replay_backward(reopen, last):
+                while waiting and births[waiting[-1]][0] == position:
+                    obj = waiting.pop()
+                    tracker.add_object(obj, mask=rle.decode(births[obj][1]))
+                    tracked.add(obj)
+                out = tracker.step(frame.rgb)
+                record(sequences, frame.index, out, keep=lambda o, position=position: births[o][0] > position)
+                if self.config.drop_lost_after is not None:
+                    visible = (out.masks().flatten(1).any(1) & (out.object_score_logits > 0)).tolist()
+                    seen = dict(zip(out.obj_ids, visible, strict=True))
+                    tracked.difference_update(_release_lost(tracker, seen, unseen, self.config.drop_lost_after))
+                    if not tracked:
+                        break
 
 
 def automask_config(config: PipelineConfig) -> AutoMaskConfig:

@@ -11,11 +11,13 @@ and then calls the pipeline once per video:
     pipeline(video: VideoInput, frames: FrameStream) -> list[MaskletRecord]
 
 `frames` yields the decoded annotated frames (`masklet.io.video.Frame`), knows the video's size, and
-`reopen()` gives the same frames again for a backward pass, decoded from what the runner already
-holds: a pipeline never reads the source itself. The pipeline returns every masklet of the video,
-kept or not, RLE-encoded at the video's resolution. It raises for a video it cannot label: an
-`InputError` (a bad prompt, a decode error while iterating) becomes the video's error row. Timing is
-the runner's: the time the pipeline waits for frames is decode time, the rest of its call is model time.
+`reopen(start, stop)` gives annotated positions start..stop-1 again for a backward pass, decoded from
+what the runner already holds (a pipeline never reads the source itself) at a cost that grows with
+the frames asked for, not with `start` (`VideoStream` seeks to the keyframe before them). The
+pipeline returns every masklet of the video, kept or not, RLE-encoded at the video's resolution. It
+raises for a video it cannot label: an `InputError` (a bad prompt, a decode error while iterating)
+becomes the video's error row. Timing is the runner's: the time the pipeline waits for frames is
+decode time, the rest of its call is model time.
 
 The factory is `workers.pipeline` ("module:function", a plug-in any user can write) or, when that
 is null, the built-in one for `pipeline.mode` below. Both protocols are structural: a plug-in
@@ -48,7 +50,7 @@ BUILTIN_PIPELINES = {
 
 class FrameStream(Protocol):
     """A video being decoded (`masklet.io.video.VideoStream` is one): its properties up front, its
-    annotated frames when iterated (once), and the same frames again from `reopen()`."""
+    annotated frames when iterated (once), and some of them again from `reopen`."""
 
     key: str
     height: int
@@ -60,7 +62,9 @@ class FrameStream(Protocol):
 
     def __iter__(self) -> Iterator[Frame]: ...
 
-    def reopen(self) -> Iterable[Frame]: ...
+    def reopen(self, start: int = 0, stop: int | None = None) -> Iterable[Frame]:
+        """Annotated positions start..stop-1 (to the end when stop is None), as iterating yielded them."""
+        ...
 
 
 class VideoPipeline(Protocol):

@@ -10,7 +10,7 @@ frames before each object's first prompt, the forward pass has the rest.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -18,13 +18,12 @@ import torch
 from masklet.config import JobConfig
 from masklet.io.schema import MaskletRecord
 from masklet.io.sources import VideoInput
-from masklet.io.video import Frame
 from masklet.model import SAM2Model
 from masklet.pipelines.contract import FrameStream
 from masklet.pipelines.filters import apply_filters
 from masklet.pipelines.prompts import ObjectPrompt, PromptError, parse_prompts, schedule
 from masklet.pipelines.quality import MaskletSequences
-from masklet.pipelines.tracking import Tracker, TrackerFactory, record, replay_backward, tracker_factory
+from masklet.pipelines.tracking import Reopen, Tracker, TrackerFactory, record, replay_backward, tracker_factory
 
 
 def annotated_frames(frame_count: int, stride: int, max_frames: int | None) -> list[int]:
@@ -92,7 +91,7 @@ def _backward(
     late: dict[int, int],
     by_position: dict[int, list[ObjectPrompt]],
     make_tracker: TrackerFactory,
-    reopen: Callable[[], Iterable[Frame]],
+    reopen: Reopen,
     sequences: MaskletSequences,
 ) -> None:
     """Objects first prompted at position p > 0, tracked from p back to 0 with their first prompt."""

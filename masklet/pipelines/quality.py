@@ -120,12 +120,6 @@ class MaskletSequences:
             entry = (q.counts[i], q.pred_iou[i], q.stability[i], q.object_score[i])
             self._frames.setdefault(int(obj), {})[int(frame_index)] = entry
 
-    def add_untracked(self, frame_index: int, obj_ids: Sequence[int]) -> None:
-        """Record `obj_ids`, no longer tracked, as not visible on `frame_index` (empty mask, scores 0), so
-        that a masklet still has an entry on every frame from its first to the video's end."""
-        for obj in obj_ids:
-            self._frames.setdefault(int(obj), {})[int(frame_index)] = ("", 0.0, 0.0, 0.0)
-
     def records(self, edit_counts: Mapping[int, int] | None = None) -> list[MaskletRecord]:
         """One record per object, by increasing id; all kept (the filters decide later)."""
         if self._size is None:

@@ -3,10 +3,11 @@
 Backward passes (late-born masklets, objects prompted after the first frame) run a reverse tracker
 over frames the forward pass has already consumed. Frames are never kept for this: holding every
 decoded frame of a video would make memory grow with its length. The video is decoded again
-instead, `REPLAY_CHUNK` frames at a time from the end of the span back to its start, each chunk
-costing one decode of the video's prefix up to it. At most `REPLAY_CHUNK` frames are held, and a
-backward pass over n frames costs about n / REPLAY_CHUNK prefix decodes (one for videos of up to
-REPLAY_CHUNK annotated frames).
+instead, `REPLAY_CHUNK` frames at a time from the end of the span back to its start: each chunk is
+`FrameStream.reopen(start, stop)`, which the runner serves by seeking to the keyframe at or before
+the chunk's first frame (masklet.io.video), not by decoding the video's prefix. At most
+`REPLAY_CHUNK` frames are held, and a backward pass over n frames decodes about n frames plus, per
+chunk, those between the chunk's first frame and the keyframe before it: linear in n.
 """
 
 from __future__ import annotations
@@ -58,17 +59,18 @@ def tracker_factory(model: SAM2Model, *, max_cond_frames: int | None = None) -> 
     return make
 
 
-def replay_backward(
-    reopen: Callable[[], Iterable[Frame]], last: int, chunk: int = REPLAY_CHUNK
-) -> Iterator[tuple[int, Frame]]:
+Reopen = Callable[[int, int], Iterable[Frame]]  # FrameStream.reopen(start, stop)
+
+
+def replay_backward(reopen: Reopen, last: int, chunk: int = REPLAY_CHUNK) -> Iterator[tuple[int, Frame]]:
     """(position, frame) for annotated positions last, last - 1, ..., 0, decoding the video again
-    once per `chunk` frames (see the module doc). Raises if the video yields fewer frames than before."""
+    one `chunk` of frames at a time (see the module doc). Raises if the video yields fewer frames than before."""
     end = last + 1
     while end > 0:
         start = max(0, end - chunk)
-        frames = iter(reopen())
+        frames = iter(reopen(start, end))
         try:
-            held = list(itertools.islice(frames, start, end))
+            held = list(itertools.islice(frames, end - start))
         finally:
             close = getattr(frames, "close", None)
             if close is not None:
