@@ -177,6 +177,31 @@ def test_marker_is_last_and_a_rerun_completes_the_shard(tmp_path: Path, monkeypa
     assert ds.dataset(f"{root}/masklets").count_rows() == 6
 
 
+def test_masklet_rows_leave_memory_as_row_groups_and_read_back_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows wait only until ROW_GROUP_BYTES of RLE strings, then go to the staged file: with a tiny bound each
+    video's masklets are a row group of their own, and the shard reads back as one written whole."""
+    from masklet.io import sinks
+
+    whole = str(tmp_path / "whole")
+    _write(whole)
+    monkeypatch.setattr(sinks, "ROW_GROUP_BYTES", 1)
+    streamed = str(tmp_path / "streamed")
+    with ShardWriter(streamed, "shard-000000", model="sam2.1_hiera_t", config_hash="abc123") as writer:
+        for i, key in enumerate(KEYS):
+            video, records, _ = _video(key, seed=i)
+            writer.add_video(video, records)
+            assert writer._pending == []  # written out, nothing held
+        writer.commit()
+    files = [pq.ParquetFile(f"{root}/masklets/shard-000000.parquet") for root in (whole, streamed)]
+    assert [f.num_row_groups for f in files] == [1, len(KEYS)]
+    assert files[0].read().equals(files[1].read())
+    videos = [pq.read_table(f"{root}/videos/shard-000000.parquet").to_pylist() for root in (whole, streamed)]
+    assert [(v["num_masklets"], v["num_kept"]) for v in videos[1]] == [(3, 2), (3, 2)]
+    assert [(v["num_masklets"], v["num_kept"]) for v in videos[0]] == [(3, 2), (3, 2), (0, 0)]
+
+
 def test_exception_before_commit_publishes_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), ShardWriter(str(tmp_path), "s1", model="m", config_hash="h") as writer:
         video, records, _ = _video("v", 0)
@@ -199,10 +224,10 @@ def test_a_rerun_removes_the_stages_a_killed_writer_left(tmp_path: Path) -> None
     os.replace(f"{stage}.kept", stage)
     neighbour = ShardWriter(str(root), "shard-000001", model="m", config_hash="h")
     elsewhere = ShardWriter(str(other_root), "shard-000000", model="m", config_hash="h")
-    assert len(left) == 2 and {p.name for p in root.rglob("*.partial")} >= left
+    assert len(left) == 3 and {p.name for p in root.rglob("*.partial")} >= left  # its tar, its Parquet, this one
     with ShardWriter(str(root), "shard-000000", model="m", config_hash="h") as rerun:
         assert not {p.name for p in root.rglob("*.partial")} & left
-        assert killed._tar_stage.path not in {str(p) for p in root.rglob("*.partial")}
+        assert {killed._tar_stage.path, killed._parquet_stage.path}.isdisjoint(str(p) for p in root.rglob("*.partial"))
         assert Path(neighbour._tar_stage.path).exists() and Path(elsewhere._tar_stage.path).exists()
         rerun.commit()
     neighbour.abort()

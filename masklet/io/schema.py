@@ -2,7 +2,7 @@
 
 Column meanings are documented in docs/output-schema.md; change both together and bump
 `SCHEMA_VERSION`. Records hold RLE strings only (masks never travel dense) and become Arrow
-tables in one batch per shard. Repeated strings (`source`, `model`, `status`, ...) are plain
+tables a batch at a time (the writer's row groups). Repeated strings (`source`, `model`, `status`, ...) are plain
 `string` columns: Parquet dictionary-encodes them on disk anyway, and plain strings keep files
 from different shards concatenable without dictionary unification.
 """
@@ -10,7 +10,7 @@ from different shards concatenable without dictionary unification.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -309,22 +309,18 @@ def masklets_table(records: Sequence[MaskletRecord], *, model: str, config_hash:
 
 def videos_table(
     records: Sequence[VideoRecord],
-    masklets: Iterable[MaskletRecord],
+    masklet_counts: Mapping[str, tuple[int, int]],
     *,
     shard_id: str,
     model: str,
     config_hash: str,
 ) -> pa.Table:
-    """The videos of a shard as one Arrow table in VIDEOS_SCHEMA; masklet counts come from `masklets`."""
-    total: dict[str, int] = {}
-    kept: dict[str, int] = {}
-    for m in masklets:
-        total[m.video_key] = total.get(m.video_key, 0) + 1
-        kept[m.video_key] = kept.get(m.video_key, 0) + int(m.kept)
+    """The videos of a shard as one Arrow table in VIDEOS_SCHEMA; `masklet_counts`: video key ->
+    (masklets, kept masklets), for the videos that have any."""
     derived = {
         "frames_processed": [len(v.frame_indices) for v in records],
-        "num_masklets": [total.get(v.video_key, 0) for v in records],
-        "num_kept": [kept.get(v.video_key, 0) for v in records],
+        "num_masklets": [masklet_counts.get(v.video_key, (0, 0))[0] for v in records],
+        "num_kept": [masklet_counts.get(v.video_key, (0, 0))[1] for v in records],
     }
     constants = {"shard_id": shard_id, "model": model, "config_hash": config_hash}
     return _table(VIDEOS_SCHEMA, records, constants, derived)

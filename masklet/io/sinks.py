@@ -1,15 +1,18 @@
 """Write one output shard so that a reader sees all of it or none of it.
 
 A shard is `masklets/{shard}.parquet`, `videos/{shard}.parquet`, `wds/{shard}.tar` and, written
-last as the commit, `_done/{shard}.json`. Rows are buffered (RLE strings only); each video's
-tar members go straight into a staged local tar, so video bytes are never held for the whole
-shard. `commit()` first removes an old marker (a rerun overwrites the shard), then publishes every
-file whole (local: atomic rename; remote: one upload each), then the marker. An exception or a
-kill before that leaves no marker, so the shard reads as not done and a rerun redoes it.
+last as the commit, `_done/{shard}.json`. Nothing of the shard is held for all its videos: each
+video's tar members go straight into a staged local tar, its masklet rows into a staged local
+Parquet file (a row group whenever ROW_GROUP_BYTES of RLE strings are waiting), and only the
+small video rows wait for the commit. `commit()` first removes an old marker (a rerun overwrites
+the shard), then publishes every file whole (local: atomic rename; remote: one upload each), then
+the marker. An exception or a kill before that leaves no marker, so the shard reads as not done
+and a rerun redoes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import io
@@ -30,6 +33,7 @@ from masklet import __version__
 from masklet.io import sav, storage
 from masklet.io.layout import DONE_DIR, SHARD_ID, check_shard_id, shard_files
 from masklet.io.schema import (
+    MASKLETS_SCHEMA,
     SCHEMA_VERSION,
     MaskletRecord,
     VideoRecord,
@@ -40,6 +44,9 @@ from masklet.io.schema import (
 from masklet.io.storage import RetryPolicy, StagedFile, StorageError
 
 _VIDEO_EXT = re.compile(r"[a-z0-9]{1,5}")
+# masklet rows wait until their RLE strings reach this size, then go to the staged Parquet file as one row
+# group: a worker's memory does not grow with the number of videos in its shard, and row groups stay large
+ROW_GROUP_BYTES = 64 * 2**20
 
 
 def sav_annotation(video: VideoRecord, masklets: Sequence[MaskletRecord]) -> dict:
@@ -82,7 +89,7 @@ def sav_annotation(video: VideoRecord, masklets: Sequence[MaskletRecord]) -> dic
 
 
 class ShardWriter:
-    """Buffers one shard's rows and streams its tar; `commit()` publishes it, marker last.
+    """Streams one shard's masklet rows and tar to local stages; `commit()` publishes them, marker last.
 
     Use as a context manager: leaving the block without `commit()` (an exception) discards
     everything staged and publishes nothing.
@@ -106,15 +113,19 @@ class ShardWriter:
         self._io = {"retry": retry}
         self._files = shard_files(shard_id)
         self._videos: list[VideoRecord] = []
-        self._masklets: list[MaskletRecord] = []
+        self._pending: list[MaskletRecord] = []  # masklet rows not yet in a row group
+        self._pending_bytes = 0
+        self._masklet_counts: dict[str, tuple[int, int]] = {}  # video key -> (masklets, kept)
         self._keys: set[str] = set()
         self._started_at = _now()
         self._t0 = time.perf_counter()
         for kind in self._files:  # what an earlier attempt of this shard, killed mid-write, left
             storage.remove_stale_stages(self._uri(kind))
         self._tar_stage = StagedFile(self._uri("wds"), **self._io)
+        self._parquet_stage = StagedFile(self._uri("masklets"), **self._io)
         # open across add_video calls; closed by commit() or abort()
         self._tar = tarfile.open(self._tar_stage.path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        self._parquet = pq.ParquetWriter(self._parquet_stage.path, MASKLETS_SCHEMA, compression="zstd")
         self._open = True
 
     def __enter__(self) -> ShardWriter:
@@ -148,7 +159,11 @@ class ShardWriter:
                 self._add_member(f"{video.video_key}.{video_ext}", video_bytes)
         self._keys.add(video.video_key)
         self._videos.append(video)
-        self._masklets.extend(masklets)
+        self._masklet_counts[video.video_key] = (len(masklets), sum(m.kept for m in masklets))
+        self._pending.extend(masklets)
+        self._pending_bytes += sum(len(counts) for m in masklets for counts in m.rle)
+        if self._pending_bytes >= ROW_GROUP_BYTES:
+            self._write_row_group()
 
     def commit(self, extra: Mapping[str, Any] | None = None, seconds: Mapping[str, float] | None = None) -> dict:
         """Publish the shard's files, then its marker; return the marker (with `extra` under "extra").
@@ -160,16 +175,20 @@ class ShardWriter:
         t0 = time.perf_counter()
         try:
             self._tar.close()
+            self._write_row_group()
+            self._parquet.close()
             self._remove_marker()
-            masklets = masklets_table(self._masklets, model=self.model, config_hash=self.config_hash)
             videos = videos_table(
-                self._videos, self._masklets, shard_id=self.shard_id, model=self.model, config_hash=self.config_hash
+                self._videos,
+                self._masklet_counts,
+                shard_id=self.shard_id,
+                model=self.model,
+                config_hash=self.config_hash,
             )
-            files = {
-                "masklets": self._write_parquet("masklets", masklets),
-                "videos": self._write_parquet("videos", videos),
-                "wds": fingerprint(self._tar_stage.path),
-            }
+            files = {"masklets": fingerprint(self._parquet_stage.path)}
+            self._parquet_stage.publish()
+            files["videos"] = self._write_parquet("videos", videos)
+            files["wds"] = fingerprint(self._tar_stage.path)
             self._tar_stage.publish()
             marker = self._marker(files, write_seconds=time.perf_counter() - t0, extra=extra)
             if seconds is not None:
@@ -186,8 +205,11 @@ class ShardWriter:
         self._open = False
         try:
             self._tar.close()
+            with contextlib.suppress(OSError):  # a disk-full stage cannot be finished; it is dropped anyway
+                self._parquet.close()
         finally:
             self._tar_stage.discard()
+            self._parquet_stage.discard()
 
     def _uri(self, name: str) -> str:
         return storage.join(self.output_uri, self._files[name])
@@ -228,6 +250,18 @@ class ShardWriter:
             storage.raise_disk_full(exc, self._uri("wds"), self._tar_stage.path)
             raise
 
+    def _write_row_group(self) -> None:
+        """The waiting masklet rows, as one row group of the staged masklets file."""
+        if not self._pending:
+            return
+        table = masklets_table(self._pending, model=self.model, config_hash=self.config_hash)
+        try:
+            self._parquet.write_table(table)
+        except OSError as exc:
+            storage.raise_disk_full(exc, self._uri("masklets"), self._parquet_stage.path)
+            raise
+        self._pending, self._pending_bytes = [], 0
+
     def _write_parquet(self, name: str, table: pa.Table) -> tuple[int, str]:
         with storage.staged_file(self._uri(name), **self._io) as stage:
             pq.write_table(table, stage, compression="zstd")
@@ -257,8 +291,8 @@ class ShardWriter:
                 "videos": len(self._videos),
                 "videos_ok": len(ok),
                 "videos_error": len(self._videos) - len(ok),
-                "masklets": len(self._masklets),
-                "masklets_kept": sum(m.kept for m in self._masklets),
+                "masklets": sum(total for total, _ in self._masklet_counts.values()),
+                "masklets_kept": sum(kept for _, kept in self._masklet_counts.values()),
                 "frames_processed": sum(len(v.frame_indices) for v in self._videos),
             },
             "seconds": {
