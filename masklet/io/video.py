@@ -4,10 +4,13 @@ Inputs: container bytes (a tar member; never extracted to disk), a binary file o
 decord needs the container in memory, so memory holds the compressed video but never all of its
 frames), or the JPEG files of a frame folder (SA-V / DAVIS layout).
 
-Backends: decord first (what the official predictor uses for video files); PyAV when decord cannot
-open the bytes (its bundled FFmpeg 4 lacks e.g. AV1). JPEG frames are decoded by PyAV's mjpeg
-decoder, so Pillow is not needed. PyAV is imported only there: a machine that decodes only what
-decord reads (the GPU check) runs without it.
+Backends: decord (what the official predictor uses for video files) for a video whose decoded frames
+all fit in DECORD_MAX_DECODED_BYTES: decord decodes ahead of a slower reader and holds what it
+decoded, up to about a thousand frames, so a longer or larger video would cost memory that grows
+with its length (6 GB at 1080p). PyAV, which decodes only the frames asked for, decodes the others,
+and those decord cannot open (its bundled FFmpeg 4 lacks e.g. AV1); both give the same pixels for
+H.264 4:2:0 (tests/test_video_decode.py). JPEG frames are decoded by PyAV's mjpeg decoder, so Pillow is not needed. PyAV is
+imported only there: a machine without it (the GPU check's) decodes every video with decord.
 
 Frame selection: stride = max(1, round-half-up(source_fps / fps)); frames 0, stride, 2*stride, ...
 are yielded with their original index (SA-V: 24 fps annotated at 6 fps -> every 4th frame; 30 fps
@@ -64,6 +67,11 @@ from masklet.io.errors import InputError
 from masklet.io.prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
+# decord decodes ahead of a reader slower than itself, holding the frames (decord 0.6.0: about a thousand
+# frames ahead, the whole of a shorter video; a 600-frame 640x360 video read at 100 frames a second holds
+# 0.4 GB, at 1080p a thousand frames are 6 GB), where PyAV decodes only the frames asked for: decord decodes
+# a video only if all its frames decoded fit in this, about the prefetch queue of a 720p video
+DECORD_MAX_DECODED_BYTES = 32 * 2**20
 # ffmpeg's own lines ("moov atom not found") would repeat, unasked, what a video's error row says
 decord.logging.set_level(decord.logging.QUIET)
 _STDERR_LOCK = threading.Lock()
@@ -389,17 +397,37 @@ def _is_complete_jpeg(data: bytes) -> bool:
 
 
 def _open_decoder(source: bytes | FrameFiles, key: str, clock: DecodeClock) -> _Decoder:
+    """decord for a video whose decoded frames all fit in DECORD_MAX_DECODED_BYTES, else PyAV (also
+    where decord cannot open the bytes); decord after all where only it reads a larger video."""
     if isinstance(source, FrameFiles):
         return _Jpegs(source, key, clock)
     data = source
     if not data:
         raise VideoDecodeError(key, "the video file is empty (0 bytes)")
+    decord_reads = False
     try:
-        return _Decord(data, clock)
+        decoder = _Decord(data, clock)
+        if decoder.frame_count * decoder.height * decoder.width * 3 <= DECORD_MAX_DECODED_BYTES:
+            return decoder
+        decoder.close()
+        decord_reads = True
     except Exception as exc:  # decord raises RuntimeError, DECORDError, AssertionError, ...
         log.debug("decord cannot open video %r (%s); trying PyAV", key, exc)
-    import av
+    try:
+        return _open_pyav(data, key, clock)
+    except VideoDecodeError as exc:
+        if not decord_reads:
+            raise
+        log.warning("video %r: PyAV cannot decode it (%s); decord does, and may hold all its frames decoded", key, exc)
+        return _Decord(data, clock)
 
+
+def _open_pyav(data: bytes, key: str, clock: DecodeClock) -> _PyAV:
+    """PyAV's decoder; what keeps it from decoding the first frame, as a VideoDecodeError."""
+    try:
+        import av
+    except ImportError as exc:  # a machine with decord only (the GPU check's)
+        raise VideoDecodeError(key, f"PyAV is not installed ({exc})") from exc
     try:
         return _PyAV(data, key, clock)
     except VideoDecodeError:
