@@ -37,11 +37,34 @@ def masklet(*args: str) -> float:
     return time.perf_counter() - t0
 
 
-def evaluate(name: str, checkpoint: str | None, job: str, heldout: str, out: Path) -> dict:
+def evaluate(name: str, checkpoint: str | None, job: str, heldout: str, out: Path, *overrides: str) -> dict:
+    """`masklet eval` of one model on the held-out corpus; its summary (prompted and automatic)."""
     result = out / f"eval-{name}.json"
     weights = [f"model.checkpoint={checkpoint}"] if checkpoint else []
-    masklet("eval", job, f"source.uri={heldout}", *weights, "--json", str(result))
+    masklet("eval", job, f"source.uri={heldout}", *weights, *overrides, "--json", str(result))
     return json.loads(result.read_text())["summary"]
+
+
+def synth(corpus: Path, videos: int, seed: int) -> None:
+    """A synthetic corpus with ground truth, unless one is there already (a rerun reuses it)."""
+    if not corpus.exists():
+        masklet("synth", str(corpus), "--videos", str(videos), "--per-shard", "8", "--seed", str(seed))
+
+
+def count_kept(root: Path) -> int:
+    """Kept masklets of an output, over all its committed shards."""
+    return sum(
+        sum(read_table(str(root), shard, "masklets", columns=["kept"]).column("kept").to_pylist())
+        for shard in list_done(str(root))
+    )
+
+
+def train(config: str, data: Path, run: Path, init: str, steps: int, *overrides: str) -> float:
+    """Fine-tune `init` on the kept masklets of the output at `data` (its SA-V wds); wall seconds."""
+    return masklet(
+        "train", config, f"data.uri={data}/wds/*.tar", f"output.uri={run}", f"model.init_checkpoint={init}",
+        f"optim.steps={steps}", *overrides,
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -63,10 +86,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     unlabeled, heldout = work / "unlabeled", work / "heldout"
-    if not unlabeled.exists():
-        masklet("synth", str(unlabeled), "--videos", str(args.unlabeled), "--per-shard", "8", "--seed", "300")
-    if not heldout.exists():
-        masklet("synth", str(heldout), "--videos", str(args.heldout), "--per-shard", "8", "--seed", "200")
+    synth(unlabeled, args.unlabeled, seed=300)
+    synth(heldout, args.heldout, seed=200)
     heldout_uri = f"{heldout}/shard-*.tar"
 
     labels = work / "round0-labels"
@@ -76,10 +97,7 @@ def main() -> None:
         "run", args.job, f"source.uri={unlabeled}/shard-*.tar", f"output.uri={labels}", "output.write_video=true",
         *reseed, *round0, "--force",
     )  # fmt: skip
-    kept = sum(
-        sum(read_table(str(labels), shard, "masklets", columns=["kept"]).column("kept").to_pylist())
-        for shard in list_done(str(labels))
-    )
+    kept = count_kept(labels)
     if kept == 0:
         round0_eval = evaluate("round0", args.round0, args.job, heldout_uri, work)
         raise SystemExit(
@@ -100,10 +118,7 @@ def main() -> None:
     trained_on = {"round 0": "ground truth of the training corpus"}
     for short, (name, root) in variants.items():
         run = work / f"train-{short}"
-        seconds[f"train {name}"] = masklet(
-            "train", args.train, f"data.uri={root}/wds/*.tar", f"output.uri={run}", f"model.init_checkpoint={init}",
-            f"optim.steps={args.steps}",
-        )  # fmt: skip
+        seconds[f"train {name}"] = train(args.train, root, run, init, args.steps)
         rows[f"round 1 ({short})"] = evaluate(run.name, str(run / "model.pt"), args.job, heldout_uri, work)
         trained_on[f"round 1 ({short})"] = f"round 0 + {name} (no ground truth)"
 
