@@ -1,5 +1,7 @@
+import dataclasses
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +202,19 @@ def test_masklet_rows_leave_memory_as_row_groups_and_read_back_the_same(
     videos = [pq.read_table(f"{root}/videos/shard-000000.parquet").to_pylist() for root in (whole, streamed)]
     assert [(v["num_masklets"], v["num_kept"]) for v in videos[1]] == [(3, 2), (3, 2)]
     assert [(v["num_masklets"], v["num_kept"]) for v in videos[0]] == [(3, 2), (3, 2), (0, 0)]
+
+
+def test_a_masklet_whose_frames_go_backwards_is_refused_before_the_tar(tmp_path: Path) -> None:
+    """The SA-V document is written frame by frame, walking each masklet's frames in order."""
+    video, records, _ = _video("v", 0)
+    bad = dataclasses.replace(records[0], frame_indices=list(reversed(FRAMES)))
+    with ShardWriter(str(tmp_path), "s1", model="m", config_hash="h") as writer:
+        with pytest.raises(ValueError, match="masklet 10 of 'v': its frame_indices are not increasing"):
+            writer.add_video(video, [bad, *records[1:]])
+        writer.add_video(video, records)  # the refused video left nothing behind
+        writer.commit()
+    with tarfile.open(tmp_path / "wds" / "s1.tar") as tar:
+        assert tar.getnames() == ["v.json"]
 
 
 def test_exception_before_commit_publishes_nothing(tmp_path: Path) -> None:

@@ -25,10 +25,14 @@ frames they changed. Files without `masklet_frame_indices` are read as the offic
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -67,6 +71,144 @@ def loader_fps(frame_indices: Sequence[int], fps: float) -> int | None:
     return rate // stride
 
 
+class _Statistics:
+    """SA-V's per-object statistics, gathered one annotated frame at a time from the mask areas."""
+
+    def __init__(self, num_objects: int) -> None:
+        self.entries = 0
+        self.area_sum = np.zeros(num_objects, dtype=np.float64)  # integer pixel counts: exact below 2**53
+        self.visible_entries = np.zeros(num_objects, dtype=np.int64)
+        self.first = np.full(num_objects, -1, dtype=np.int64)
+        self.last = np.zeros(num_objects, dtype=bool)
+        self.changes = np.zeros(num_objects, dtype=np.int64)
+
+    def add(self, areas: np.ndarray) -> None:
+        visible = areas > 0
+        seen = self.first >= 0
+        self.changes += seen & (visible != self.last)  # switches after the first appearance
+        self.first[~seen & visible] = self.entries
+        self.area_sum += np.where(visible, areas, 0)
+        self.visible_entries += visible
+        self.last = visible
+        self.entries += 1
+
+    def fields(self, resolution: int) -> dict:
+        size_abs = [float(a / n) if n else 0.0 for a, n in zip(self.area_sum, self.visible_entries, strict=True)]
+        return {
+            "masklet_size_rel": [a / resolution for a in size_abs],
+            "masklet_size_abs": size_abs,
+            "masklet_size_bucket": [size_bucket(a) for a in size_abs],
+            "masklet_visibility_changes": [int(c) for c in self.changes],
+            "masklet_first_appeared_frame": [int(f) for f in self.first],
+        }
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def write(
+    out: BinaryIO,
+    video_id: str,
+    rows: Iterable[tuple[Sequence[str], Sequence[float] | None]],
+    *,
+    height: int,
+    width: int,
+    fps: float,
+    frame_indices: Sequence[int],
+    masklet_ids: Sequence[int],
+    video_frame_count: int | None = None,
+    sources: Sequence[str] | None = None,
+    edited_frame_counts: Sequence[int] | None = None,
+    review_verdicts: Sequence[str | None] | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> None:
+    """Write an SA-V annotation as compact JSON to `out`, one annotated frame at a time.
+
+    `rows`: per annotated frame (`frame_indices`), the COCO counts of each object (`masklet_ids`) at
+    `height` x `width` and their stability scores, or None for a file without them (manual); read
+    once, so a long video's masks never need to be in memory together (the stability scores wait
+    in a temporary file: the document lists them after the masks). `extra` fields go last. See
+    `build` for the other arguments; `build(...)` is this document, parsed.
+    """
+    frame_indices = [int(i) for i in frame_indices]
+    if (np.diff(frame_indices) <= 0).any() or min(frame_indices, default=0) < 0:
+        raise ValueError("frame_indices must be non-negative and strictly increasing")
+    if video_frame_count is None:
+        video_frame_count = frame_indices[-1] + 1 if frame_indices else 0
+    if frame_indices and frame_indices[-1] >= video_frame_count:
+        raise ValueError(f"frame index {frame_indices[-1]} outside a video of {video_frame_count} frames")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    ids = [int(i) for i in masklet_ids]
+    num_objects = len(ids)
+    sources = ["synthetic"] * num_objects if sources is None else list(sources)
+    edited = [0] * num_objects if edited_frame_counts is None else [int(c) for c in edited_frame_counts]
+    reviews = None if review_verdicts is None else list(review_verdicts)
+    if not len(sources) == len(edited) == len(reviews or edited) == num_objects:
+        raise ValueError(
+            f"masklet_ids, sources, edited_frame_counts and review_verdicts need one entry per object ({num_objects})"
+        )
+    unknown = sorted(set(sources) - set(SAV_TYPES))
+    if unknown:
+        raise ValueError(f"unknown masklet source(s) {unknown}; known: {sorted(SAV_TYPES)}")
+    resolution = height * width
+    head = {
+        "video_id": video_id,
+        "video_duration": float(video_frame_count / fps),
+        "video_frame_count": float(video_frame_count),
+        "video_height": float(height),
+        "video_width": float(width),
+        "video_resolution": float(resolution),
+        "video_environment": None,  # SA-V: "Indoor" / "Outdoor"; masklet does not classify scenes
+        "video_split": "train",  # every SA-V JSON file is a training file (val/test ship as PNGs)
+    }
+    out.write(f'{_dumps(head)[:-1]},"masklet":['.encode())
+    stats = _Statistics(num_objects)
+    has_stability: bool | None = None
+    with tempfile.TemporaryFile() as scores:
+        for t, (counts, stability) in enumerate(rows):
+            if len(counts) != num_objects:
+                raise ValueError(f"annotated frame {t} has {len(counts)} objects, expected {num_objects}")
+            if has_stability is None:
+                has_stability = stability is not None
+            if (stability is not None) != has_stability or (stability is not None and len(stability) != num_objects):
+                raise ValueError(f"stability_scores must be [annotated frame][object] (frame {t})")
+            entry = [{"size": [height, width], "counts": c} for c in counts]
+            out.write(f"{',' if t else ''}{_dumps(entry)}".encode())
+            stats.add(rle.area_batch(entry) if entry else np.zeros(0, dtype=np.int64))
+            if stability is not None:
+                scores.write(f"{',' if t else ''}{_dumps([float(x) for x in stability])}".encode())
+        if stats.entries != len(frame_indices):
+            raise ValueError(f"frame_indices has {len(frame_indices)} entries, masklet has {stats.entries} frames")
+        tail = {
+            "masklet_id": ids,
+            **stats.fields(resolution),
+            "masklet_frame_count": [stats.entries] * num_objects,
+            "masklet_edited_frame_count": edited,
+            "masklet_type": [
+                "manual" if reviews and reviews[i] == "corrected" else SAV_TYPES[s] for i, s in enumerate(sources)
+            ],
+        }
+        out.write(f"],{_dumps(tail)[1:-1]},".encode())
+        if has_stability:
+            out.write(b'"masklet_stability_score":[')
+            scores.seek(0)
+            shutil.copyfileobj(scores, out)
+            out.write(b"],")
+        else:
+            out.write(f'"masklet_stability_score":{_dumps([None] * num_objects)},'.encode())
+    rest: dict[str, object] = {"masklet_num": num_objects}
+    annotation_fps = loader_fps(frame_indices, fps)
+    if annotation_fps is not None:  # absent, not null: the loader would int() a null; absent, its ann_every stands
+        rest["fps"] = annotation_fps
+    rest |= {"video_fps": float(fps), "masklet_frame_indices": frame_indices, "masklet_source": sources}
+    if reviews is not None:
+        rest["masklet_review"] = reviews
+    rest |= dict(extra or {})
+    out.write(f"{_dumps(rest)[1:]}".encode())
+
+
 def build(
     video_id: str,
     masklet: Sequence[Sequence[RLE]],
@@ -92,83 +234,31 @@ def build(
     Statistics are computed from the RLE areas, never from dense masks.
     """
     num_entries = len(masklet)
-    frame_indices = list(range(num_entries)) if frame_indices is None else [int(i) for i in frame_indices]
-    if len(frame_indices) != num_entries:
-        raise ValueError(f"frame_indices has {len(frame_indices)} entries, masklet has {num_entries} frames")
-    if (np.diff(frame_indices) <= 0).any() or min(frame_indices, default=0) < 0:
-        raise ValueError("frame_indices must be non-negative and strictly increasing")
-    if video_frame_count is None:
-        video_frame_count = frame_indices[-1] + 1 if frame_indices else 0
-    if frame_indices and frame_indices[-1] >= video_frame_count:
-        raise ValueError(f"frame index {frame_indices[-1]} outside a video of {video_frame_count} frames")
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+    frame_indices = list(range(num_entries)) if frame_indices is None else frame_indices
     num_objects = len(masklet[0]) if num_entries else len(masklet_ids or ())
     for t, row in enumerate(masklet):
-        if len(row) != num_objects:
-            raise ValueError(f"annotated frame {t} has {len(row)} objects, expected {num_objects}")
         for r in row:
             if list(r["size"]) != [height, width]:
                 raise ValueError(f"RLE of size {r['size']} in annotated frame {t}, video is {height}x{width}")
-    ids = list(range(num_objects)) if masklet_ids is None else [int(i) for i in masklet_ids]
-    sources = ["synthetic"] * num_objects if sources is None else list(sources)
-    edited = [0] * num_objects if edited_frame_counts is None else [int(c) for c in edited_frame_counts]
-    reviews = None if review_verdicts is None else list(review_verdicts)
-    if not len(ids) == len(sources) == len(edited) == len(reviews or edited) == num_objects:
-        raise ValueError(
-            f"masklet_ids, sources, edited_frame_counts and review_verdicts need one entry per object ({num_objects})"
-        )
-    unknown = sorted(set(sources) - set(SAV_TYPES))
-    if unknown:
-        raise ValueError(f"unknown masklet source(s) {unknown}; known: {sorted(SAV_TYPES)}")
-    if stability_scores is None:
-        stability: list[None] | list[list[float]] = [None] * num_objects
-    else:
-        stability = [[float(x) for x in row] for row in stability_scores]
-        if len(stability) != num_entries or any(len(row) != num_objects for row in stability):
-            raise ValueError(f"stability_scores must be [annotated frame][object] ({num_entries} x {num_objects})")
-    areas = rle.area_batch([r for row in masklet for r in row]).reshape(num_entries, num_objects)
-    resolution = height * width
-    size_abs, changes, first = [], [], []
-    for obj in range(num_objects):
-        visible = areas[:, obj] > 0
-        size_abs.append(float(areas[visible, obj].mean()) if visible.any() else 0.0)
-        start = int(np.argmax(visible)) if visible.any() else num_entries
-        changes.append(int(np.count_nonzero(visible[start + 1 :] != visible[start:-1])))
-        first.append(start if start < num_entries else -1)
-    doc = {
-        "video_id": video_id,
-        "video_duration": float(video_frame_count / fps),
-        "video_frame_count": float(video_frame_count),
-        "video_height": float(height),
-        "video_width": float(width),
-        "video_resolution": float(resolution),
-        "video_environment": None,  # SA-V: "Indoor" / "Outdoor"; masklet does not classify scenes
-        "video_split": "train",  # every SA-V JSON file is a training file (val/test ship as PNGs)
-        "masklet": [[{"size": [height, width], "counts": r["counts"]} for r in row] for row in masklet],
-        "masklet_id": ids,
-        "masklet_size_rel": [a / resolution for a in size_abs],
-        "masklet_size_abs": size_abs,
-        "masklet_size_bucket": [size_bucket(a) for a in size_abs],
-        "masklet_visibility_changes": changes,
-        "masklet_first_appeared_frame": first,
-        "masklet_frame_count": [num_entries] * num_objects,
-        "masklet_edited_frame_count": edited,
-        "masklet_type": [
-            "manual" if reviews and reviews[i] == "corrected" else SAV_TYPES[s] for i, s in enumerate(sources)
-        ],
-        "masklet_stability_score": stability,
-        "masklet_num": num_objects,
-    }
-    annotation_fps = loader_fps(frame_indices, fps)
-    if annotation_fps is not None:  # absent, not null: the loader would int() a null; absent, its ann_every stands
-        doc["fps"] = annotation_fps
-    doc["video_fps"] = float(fps)
-    doc["masklet_frame_indices"] = frame_indices
-    doc["masklet_source"] = sources
-    if reviews is not None:
-        doc["masklet_review"] = reviews
-    return doc
+    if stability_scores is not None and len(stability_scores) != num_entries:
+        raise ValueError(f"stability_scores must be [annotated frame][object] ({num_entries} x {num_objects})")
+    scores: Sequence[Sequence[float] | None] = [None] * num_entries if stability_scores is None else stability_scores
+    out = io.BytesIO()
+    write(
+        out,
+        video_id,
+        (([r["counts"] for r in row], s) for row, s in zip(masklet, scores, strict=True)),
+        height=height,
+        width=width,
+        fps=fps,
+        frame_indices=frame_indices,
+        masklet_ids=list(range(num_objects)) if masklet_ids is None else masklet_ids,
+        video_frame_count=video_frame_count,
+        sources=sources,
+        edited_frame_counts=edited_frame_counts,
+        review_verdicts=review_verdicts,
+    )
+    return json.loads(out.getvalue())
 
 
 def build_from_masks(video_id: str, masks: np.ndarray, *, fps: float, **kwargs) -> dict:

@@ -21,10 +21,11 @@ import os
 import posixpath
 import re
 import tarfile
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,8 +50,8 @@ _VIDEO_EXT = re.compile(r"[a-z0-9]{1,5}")
 ROW_GROUP_BYTES = 64 * 2**20
 
 
-def sav_annotation(video: VideoRecord, masklets: Sequence[MaskletRecord]) -> dict:
-    """The SA-V annotation of a video with its kept masklets.
+def write_sav_annotation(out: BinaryIO, video: VideoRecord, masklets: Sequence[MaskletRecord]) -> None:
+    """Write the SA-V annotation of a video with its kept masklets to `out`, frame by frame.
 
     Its frames are the video's annotated frames plus any frame a masklet of the video has; a kept
     masklet gets an empty mask (and stability 0) on frames it was not tracked on. `video_id` is the
@@ -59,18 +60,11 @@ def sav_annotation(video: VideoRecord, masklets: Sequence[MaskletRecord]) -> dic
     """
     kept = [m for m in masklets if m.kept]
     axis = sorted(set(video.frame_indices).union(*(m.frame_indices for m in masklets)))
-    position = {f: t for t, f in enumerate(axis)}
     height, width = int(video.height), int(video.width)
-    blank = {"size": [height, width], "counts": empty_counts(height, width)}
-    grid = [[blank] * len(kept) for _ in axis]
-    stability = [[0.0] * len(kept) for _ in axis]
-    for j, m in enumerate(kept):
-        for f, r, s in zip(m.frame_indices, m.rles(), m.stability, strict=True):
-            grid[position[f]][j] = r
-            stability[position[f]][j] = s
-    doc = sav.build(
+    sav.write(
+        out,
         video.video_key,
-        grid,
+        _sav_rows(axis, kept, empty_counts(height, width)),
         height=height,
         width=width,
         fps=float(video.fps),
@@ -80,12 +74,38 @@ def sav_annotation(video: VideoRecord, masklets: Sequence[MaskletRecord]) -> dic
         masklet_ids=[m.masklet_id for m in kept],
         sources=[m.source for m in kept],
         edited_frame_counts=[m.edited_frames for m in kept],
-        stability_scores=stability,
         review_verdicts=[m.review_verdict for m in kept] if any(m.review_verdict for m in kept) else None,
+        extra={"original_key": video.original_key, "source_uri": video.source_uri},
     )
-    doc["original_key"] = video.original_key
-    doc["source_uri"] = video.source_uri
-    return doc
+
+
+def sav_annotation(video: VideoRecord, masklets: Sequence[MaskletRecord]) -> dict:
+    """The document `write_sav_annotation` writes, parsed."""
+    out = io.BytesIO()
+    write_sav_annotation(out, video, masklets)
+    return json.loads(out.getvalue())
+
+
+def _sav_rows(
+    axis: Sequence[int], kept: Sequence[MaskletRecord], empty: str
+) -> Iterator[tuple[list[str], list[float]]]:
+    """Per frame of `axis`, each kept masklet's counts and stability there (empty and 0 where it has none)."""
+    cursors = [0] * len(kept)
+    for f in axis:
+        counts, stability = [], []
+        for j, m in enumerate(kept):
+            i = cursors[j]
+            if i < len(m.frame_indices) and m.frame_indices[i] == f:
+                counts.append(m.rle[i] or empty)
+                stability.append(m.stability[i])
+                cursors[j] = i + 1
+            else:
+                counts.append(empty)
+                stability.append(0.0)
+        yield counts, stability
+    for j, m in enumerate(kept):
+        if cursors[j] != len(m.frame_indices):
+            raise ValueError(f"masklet {m.masklet_id} of {m.video_key!r}: its frame_indices are not increasing")
 
 
 class ShardWriter:
@@ -153,10 +173,11 @@ class ShardWriter:
         self._check_open()
         self._check_video(video, masklets, video_bytes, video_ext)
         if video.status == "ok":
-            doc = sav_annotation(video, masklets)
-            self._add_member(f"{video.video_key}.json", json.dumps(doc, separators=(",", ":")).encode())
+            with tempfile.TemporaryFile() as doc:  # a long video's document is never in memory whole
+                write_sav_annotation(doc, video, masklets)
+                self._add_member(f"{video.video_key}.json", doc)
             if self.write_video:
-                self._add_member(f"{video.video_key}.{video_ext}", video_bytes)
+                self._add_member(f"{video.video_key}.{video_ext}", io.BytesIO(video_bytes))
         self._keys.add(video.video_key)
         self._videos.append(video)
         self._masklet_counts[video.video_key] = (len(masklets), sum(m.kept for m in masklets))
@@ -241,11 +262,13 @@ class ShardWriter:
                     f"{key!r} ({video.height}x{video.width})"
                 )
 
-    def _add_member(self, name: str, data: bytes) -> None:
+    def _add_member(self, name: str, data: BinaryIO) -> None:
+        """A member holding all of `data` (a file or buffer, read from its start)."""
         info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        info.size, info.mtime, info.mode = data.seek(0, io.SEEK_END), 0, 0o644
+        data.seek(0)
         try:
-            self._tar.addfile(info, io.BytesIO(data))
+            self._tar.addfile(info, data)
         except OSError as exc:
             storage.raise_disk_full(exc, self._uri("wds"), self._tar_stage.path)
             raise

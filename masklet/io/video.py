@@ -7,10 +7,11 @@ frames), or the JPEG files of a frame folder (SA-V / DAVIS layout).
 Backends: decord (what the official predictor uses for video files) for a video whose decoded frames
 all fit in DECORD_MAX_DECODED_BYTES: decord decodes ahead of a slower reader and holds what it
 decoded, up to about a thousand frames, so a longer or larger video would cost memory that grows
-with its length (6 GB at 1080p). PyAV, which decodes only the frames asked for, decodes the others,
-and those decord cannot open (its bundled FFmpeg 4 lacks e.g. AV1); both give the same pixels for
-H.264 4:2:0 (tests/test_video_decode.py). JPEG frames are decoded by PyAV's mjpeg decoder, so Pillow is not needed. PyAV is
-imported only there: a machine without it (the GPU check's) decodes every video with decord.
+with its length (a thousand 1080p frames are 6 GB). PyAV, which decodes only the frames asked for,
+decodes the others, and those decord cannot open (its bundled FFmpeg 4 lacks e.g. AV1); both give
+the same pixels for H.264 4:2:0 (tests/test_video_decode.py). JPEG frames are decoded by PyAV's mjpeg
+decoder, so Pillow is not needed. PyAV is imported only there: a machine without it (the GPU
+check's) decodes every video with decord.
 
 Frame selection: stride = max(1, round-half-up(source_fps / fps)); frames 0, stride, 2*stride, ...
 are yielded with their original index (SA-V: 24 fps annotated at 6 fps -> every 4th frame; 30 fps
