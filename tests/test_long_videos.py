@@ -278,3 +278,21 @@ def test_the_backward_pass_releases_lost_objects_and_skips_frames_with_none() ->
         assert masklets[i].frame_indices == frames(STEP * i - 2, STEP * i + WINDOW + 1)
     without_release, _ = label(truth, max_objects=OBJECTS, propagate_backward=True)
     assert all(r.frame_indices == frames(0, FRAMES) for r in without_release.values())  # as before: to frame 0
+
+
+@pytest.mark.parametrize("max_objects", [1, 2, 3])
+@pytest.mark.parametrize("drop_lost_after", [2, 6, 12])
+def test_the_backward_pass_tracks_at_most_max_objects_at_once(max_objects: int, drop_lost_after: int) -> None:
+    """Going back, a late object is tracked from its birth to `drop_lost_after` frames before its entrance:
+    births closer together than that would crowd one reverse tracker; those over `max_objects` wait for a
+    pass of their own, and each still reaches its entrance."""
+    truth = procession()
+    options = {"max_objects": max_objects, "drop_lost_after": drop_lost_after}
+    masklets, trackers = label(truth, **options, propagate_backward=True)
+    forward, *reverse = trackers.made
+    assert all(t.reverse for t in reverse) and not forward.reverse
+    assert max(len(objs) for t in trackers.made for _, objs in t.steps) <= max_objects
+    found, _ = label(truth, **options)  # the same objects found, with their entrances now
+    assert sorted(masklets) == sorted(found)
+    for i, r in masklets.items():
+        assert r.first_frame == STEP * i, (i, r.frame_indices)

@@ -236,6 +236,7 @@ class AutoLabeler:
             for o in _release_lost(tracker, seen, unseen, c.drop_lost_after):
                 obj_ids.remove(o)
                 last_visible.pop(o, None)
+        del tracker  # its memory (a GPU's, for a model's tracker) is free before the backward pass takes its own
         if births:
             if reopen is None:
                 raise ValueError("propagate_backward needs the video decoded again, and no reopen was given")
@@ -246,16 +247,26 @@ class AutoLabeler:
         """Track late-born masklets from their birth frames back toward the first frame, each added to a
         reverse tracker at its birth; only frames before each birth are recorded (the forward pass has
         the rest). Released objects leave the tracker; when none is left, the pass resumes at the next
-        birth back, in a new reverse tracker, without decoding the frames between."""
-        waiting = sorted(births, key=lambda o: (births[o][0], -o))  # pop() gives the latest birth, lowest id first
+        birth back, in a new reverse tracker, without decoding the frames between. A tracker holds at
+        most `max_objects` at once: a birth with no place waits for a pass of its own, which decodes
+        its stretch of the video again."""
+
+        def order(obj: int) -> tuple[int, int]:  # pop() gives the latest birth, lowest id first
+            return births[obj][0], -obj
+
+        waiting = sorted(births, key=order)
         while waiting:
             last = births[waiting[-1]][0]
             tracker = self.make_tracker(reverse=True, start=last)
             tracked: set[int] = set()
             unseen: dict[int, int] = {}
+            deferred: list[int] = []
             for position, frame in replay_backward(reopen, last):
                 while waiting and births[waiting[-1]][0] == position:
                     obj = waiting.pop()
+                    if len(tracked) == self.config.max_objects:
+                        deferred.append(obj)
+                        continue
                     tracker.add_object(obj, mask=rle.decode(births[obj][1]))
                     tracked.add(obj)
                 out = tracker.step(frame.rgb)
@@ -266,6 +277,7 @@ class AutoLabeler:
                     tracked.difference_update(_release_lost(tracker, seen, unseen, self.config.drop_lost_after))
                     if not tracked:
                         break
+            waiting = sorted(waiting + deferred, key=order)
 
 
 def automask_config(config: PipelineConfig) -> AutoMaskConfig:
