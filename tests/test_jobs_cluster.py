@@ -70,7 +70,9 @@ def test_a_node_killed_mid_job_loses_nothing_and_a_node_added_gets_work(
     victim = next(node for node in cluster.worker_nodes)
     faulty = tmp_path / "faulty"
     faulty.mkdir()
-    config = _job(faulty, corpus, cluster, delay=2.0)
+    # 4 s a video: the job outlasts the new nodes' start and two of the driver's looks at the cluster (every
+    # 10 s); at 2 s, on a loaded machine, the job now and then ended without the cluster growing
+    config = _job(faulty, corpus, cluster, delay=4.0)
     # the driver in a process of its own, as `masklet run` is: the cluster is changed from this one
     driver = subprocess.Popen(
         [str(MASKLET), "run", str(config)], cwd=TESTS, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
