@@ -398,29 +398,48 @@ def _is_complete_jpeg(data: bytes) -> bool:
 
 
 def _open_decoder(source: bytes | FrameFiles, key: str, clock: DecodeClock) -> _Decoder:
-    """decord for a video whose decoded frames all fit in DECORD_MAX_DECODED_BYTES, else PyAV (also
-    where decord cannot open the bytes); decord after all where only it reads a larger video."""
+    """decord for a video whose decoded frames all fit in DECORD_MAX_DECODED_BYTES (or whose header
+    PyAV cannot read), else PyAV, which also decodes what decord cannot open; decord after all where
+    only it reads a larger video. Decided before decord opens it: an open starts its read-ahead."""
     if isinstance(source, FrameFiles):
         return _Jpegs(source, key, clock)
     data = source
     if not data:
         raise VideoDecodeError(key, "the video file is empty (0 bytes)")
-    decord_reads = False
-    try:
-        decoder = _Decord(data, clock)
-        if decoder.frame_count * decoder.height * decoder.width * 3 <= DECORD_MAX_DECODED_BYTES:
-            return decoder
-        decoder.close()
-        decord_reads = True
-    except Exception as exc:  # decord raises RuntimeError, DECORDError, AssertionError, ...
-        log.debug("decord cannot open video %r (%s); trying PyAV", key, exc)
+    size = _decoded_bytes(data)
+    if size is None or size <= DECORD_MAX_DECODED_BYTES:
+        try:
+            return _Decord(data, clock)
+        except Exception as exc:  # decord raises RuntimeError, DECORDError, AssertionError, ...
+            log.debug("decord cannot open video %r (%s); trying PyAV", key, exc)
+        return _open_pyav(data, key, clock)
     try:
         return _open_pyav(data, key, clock)
     except VideoDecodeError as exc:
-        if not decord_reads:
-            raise
+        try:
+            decoder = _Decord(data, clock)
+        except Exception:
+            raise exc from None
         log.warning("video %r: PyAV cannot decode it (%s); decord does, and may hold all its frames decoded", key, exc)
-        return _Decord(data, clock)
+        return decoder
+
+
+def _decoded_bytes(data: bytes) -> int | None:
+    """The bytes of all the frames of a video decoded to RGB, from its container's header (PyAV; the
+    count from the duration where the header has none); None where PyAV cannot tell."""
+    try:
+        import av
+
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0]
+            frames = stream.frames
+            if not frames and stream.duration and stream.time_base and stream.average_rate:
+                frames = math.ceil(float(stream.duration * stream.time_base * stream.average_rate))
+            if not frames and container.duration and stream.average_rate:
+                frames = math.ceil(container.duration / 1e6 * float(stream.average_rate))
+            return int(frames) * stream.codec_context.width * stream.codec_context.height * 3 if frames else None
+    except Exception:  # no PyAV, not a container it reads, no video stream: decord is tried first
+        return None
 
 
 def _open_pyav(data: bytes, key: str, clock: DecodeClock) -> _PyAV:
