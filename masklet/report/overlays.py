@@ -1,12 +1,11 @@
 """A video's view for the report: its annotated frames encoded once, every masklet's masks on them.
 
-Frames come from the output's own tar when the job wrote the video bytes there, else from the input
-the video row names (`source_uri`: `TAR#member`, a manifest's uri or a frame folder), read through
-masklet.io.sources and decoded with masklet.io.video at a stride that visits only the annotated
-frames. Each frame is downscaled (never enlarged) to at most `WIDTH` pixels wide on arrival and
-encoded once as WebP; each masklet's masks are COCO RLE at that same size (the stored strings as
-they are when the video is no larger), which the page's script decodes onto a canvas: fill or
-outline, opacity and which masklets show are decided in the browser, not baked into pixels.
+Frames come from masklet.io.output_video (the output's tar, or the input the video row names),
+decoded at a stride that visits only the annotated frames. Each frame is downscaled (never enlarged)
+to at most `WIDTH` pixels wide on arrival and encoded once as WebP; each masklet's masks are COCO
+RLE at that same size (the stored strings as they are when the video is no larger), which the
+page's script decodes onto a canvas: fill or outline, opacity and which masklets show are decided
+in the browser, not baked into pixels.
 `animate` paints the same view into an animated WebP for `masklet show --out clip.webp`.
 """
 
@@ -16,7 +15,6 @@ import colorsys
 import io
 import math
 from collections.abc import Iterable, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,21 +22,15 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from masklet.io import rle
-from masklet.io.layout import shard_files
-from masklet.io.outputs import iter_video_members
+from masklet.io.output_video import FramesUnavailable, open_output_video
 from masklet.io.schema import MaskletRecord, VideoRecord
-from masklet.io.sources import ManifestRow, Shard, VideoInput, iter_videos
-from masklet.io.video import VideoDecodeError, VideoStream, open_video
+from masklet.io.video import VideoDecodeError
 
 WIDTH = 480  # widest a frame is stored (larger videos are downscaled; smaller ones are shown enlarged)
 DISPLAY_WIDTH = 480  # CSS pixels a frame is drawn at
 MAX_FRAMES = 120  # annotated frames shown per video (the first ones)
 FRAME_QUALITY = 80  # WebP quality of a stored frame
 ALPHA = 0.4  # fill opacity of the animation (the page has a slider)
-
-
-class FramesUnavailable(Exception):
-    """The video's frames cannot be had; the message says why, for the report to show."""
 
 
 @dataclass(frozen=True)
@@ -180,39 +172,10 @@ def _decode(
     """The wanted frames at `size`, by frame index; frames the video turns out not to have are left out."""
     step = _step(wanted)
     options = {"fps": float(video.fps) / step, "max_frames": wanted[-1] // step + 1, "prefetch_frames": 4}
-    if write_video:
-        stream = _stream_from_output(root, shard_id, video, options)
-    else:
-        stream = _source_input(video, source_format).open(min_frames=1, **options)
+    stream = open_output_video(root, shard_id, video, write_video=write_video, source_format=source_format, **options)
     want = set(wanted)
     with stream:
         return {f.index: _resize(f.rgb, *size) for f in stream if f.index in want}
-
-
-def _stream_from_output(root: str, shard_id: str, video: VideoRecord, options: dict) -> VideoStream:
-    with closing(iter_video_members(root, shard_id)) as members:
-        for key, _, data in members:
-            if key == video.video_key:
-                return open_video(data, key=key, min_frames=1, **options)
-    raise FramesUnavailable(f"{shard_files(shard_id)['wds']} holds no video bytes for {video.video_key!r}")
-
-
-def _source_input(video: VideoRecord, source_format: str | None) -> VideoInput:
-    """The video's input, found again through masklet.io.sources from its `source_uri`."""
-    uri, _, member = video.source_uri.partition("#")
-    if source_format == "frames":
-        shard = Shard("report", uri, "frames", (uri,))
-    elif member and source_format in ("wds", None):
-        shard = Shard("report", uri, "wds")
-    else:
-        shard = Shard("report", uri, "manifest", (ManifestRow(0, video.original_key, video.source_uri),))
-    with closing(iter_videos(shard)) as samples:
-        for sample in samples:
-            if sample.key == video.video_key:
-                if isinstance(sample, VideoInput):
-                    return sample
-                raise FramesUnavailable(sample.reason)
-    raise FramesUnavailable(f"{uri} no longer holds video {video.original_key!r}")
 
 
 def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
