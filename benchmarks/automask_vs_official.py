@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per case and side (best time kept)")
+    parser.add_argument("--json", help="write each case's figures here (benchmarks/gpu/check.py reads them)")
     # worker-only arguments
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--side", help=argparse.SUPPRESS)
@@ -193,6 +194,22 @@ def main() -> None:
     headers = ["case", "ours s", "official s", "speed-up", "ours RSS MB", "official RSS MB", "RSS ratio"]
     headers += ["masks (ours / official)", "identical masks", "max |pred IoU diff|"]
     print(common.table(headers, rows))
+    if a.json:
+        figures = {
+            case: {
+                "ours_seconds": results[("ours", case)]["seconds"],
+                "official_seconds": results[("official", case)]["seconds"],
+                "ours_rss_mb": results[("ours", case)]["rss_mb"],
+                "official_rss_mb": results[("official", case)]["rss_mb"],
+                "ours_count": checks[case]["ours"],
+                "official_count": checks[case]["official"],
+                "identical": checks[case]["identical"],
+                "iou_max_diff": checks[case]["iou_max_diff"],
+            }
+            for case in a.cases
+        }
+        with open(a.json, "w") as f:
+            json.dump(figures, f, indent=1)
 
 
 if __name__ == "__main__":
