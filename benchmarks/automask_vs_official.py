@@ -11,7 +11,9 @@ box_nms_thresh 1.0: every candidate survives, 3 per point).
 Each (case, side) runs in a fresh subprocess, ours and the official interleaved: seconds of
 `generate(image)` (model building and one warm-up pass of the image encoder excluded; the official
 output is "binary_mask", ours includes its COCO RLEs) and the process's peak RSS. The masks are then
-compared: count, and per-mask equality (in the official order, else matched as a multiset).
+compared: count, and per-mask equality (in the official order, else matched as a multiset). Each run
+also reports the CPU seconds of `generate` in user space and in the kernel (`sys`) and its minor page
+faults: fresh large allocations show up there (the kernel zeroes every page on first touch).
 
 Needs the official `sam2` 1.1.0 and masklet's dependencies in one venv (run from the repo root):
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -57,9 +60,7 @@ def worker(a: argparse.Namespace) -> dict:
         model = common.load_official("image", a.state, IMAGE_SIZE, a.device)
         with torch.inference_mode():
             model.forward_image(warm)
-        generator = sam2.automatic_mask_generator.SAM2AutomaticMaskGenerator(
-            model, output_mode="binary_mask", **kwargs
-        )
+        generator = sam2.automatic_mask_generator.SAM2AutomaticMaskGenerator(model, output_mode="binary_mask", **kwargs)
 
         def run() -> tuple[np.ndarray, np.ndarray]:
             records = generator.generate(image)
@@ -90,14 +91,23 @@ def worker(a: argparse.Namespace) -> dict:
     else:
         if a.device.startswith("cuda"):
             torch.cuda.synchronize()
+        before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         masks, iou = run()
         if a.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
     np.save(os.path.join(a.tmp, f"masks_{a.side}_{a.case}.npy"), np.packbits(masks.astype(bool), axis=-1))
     np.save(os.path.join(a.tmp, f"iou_{a.side}_{a.case}.npy"), iou)
-    return {"seconds": seconds, "rss_mb": common.peak_rss_mb(), "count": int(len(masks))}
+    out = {"seconds": seconds, "rss_mb": common.peak_rss_mb(), "count": int(len(masks))}
+    if not a.profile:  # CPU time in user space and in the kernel, and minor page faults, of `generate` alone
+        out |= {
+            "user_s": after.ru_utime - before.ru_utime,
+            "sys_s": after.ru_stime - before.ru_stime,
+            "minflt": after.ru_minflt - before.ru_minflt,
+        }
+    return out
 
 
 def compare(tmp: str, case: str) -> dict:
@@ -165,7 +175,8 @@ def main() -> None:
                     if best is None or res["seconds"] < best["seconds"]:
                         results[(side, case)] = res
                     print(
-                        f"  {side:8s} {case:8s}: {res['seconds']:7.2f} s, {res['count']} masks,"
+                        f"  {side:8s} {case:8s}: {res['seconds']:7.2f} s (user {res['user_s']:.1f} s, sys"
+                        f" {res['sys_s']:.1f} s, {res['minflt'] / 1e6:.2f} M minor faults), {res['count']} masks,"
                         f" peak RSS {res['rss_mb']:.0f} MB  [{common.load_line()}]",
                         flush=True,
                     )
@@ -183,6 +194,8 @@ def main() -> None:
                 f"{o['seconds']:.2f}",
                 f"{r['seconds']:.2f}",
                 f"{r['seconds'] / o['seconds']:.2f}x",
+                f"{o['sys_s']:.1f} / {r['sys_s']:.1f}",
+                f"{o['minflt'] / 1e6:.2f} / {r['minflt'] / 1e6:.2f}",
                 f"{o['rss_mb']:.0f}",
                 f"{r['rss_mb']:.0f}",
                 f"{o['rss_mb'] / r['rss_mb']:.2f}x",
@@ -191,7 +204,8 @@ def main() -> None:
                 f"{c['iou_max_diff']:.1e}",
             ]
         )
-    headers = ["case", "ours s", "official s", "speed-up", "ours RSS MB", "official RSS MB", "RSS ratio"]
+    headers = ["case", "ours s", "official s", "speed-up", "sys s (ours / off.)", "M minor faults (ours / off.)"]
+    headers += ["ours RSS MB", "official RSS MB", "RSS ratio"]
     headers += ["masks (ours / official)", "identical masks", "max |pred IoU diff|"]
     print(common.table(headers, rows))
     if a.json:

@@ -136,6 +136,170 @@ def test_records_have_the_official_keys_and_xywh_boxes(model: SAM2Model) -> None
     assert r["area"] == int(ours.masks[0].sum()) and len(ours.point_coords[0]) == 2
 
 
+# ---------------------------------------------------------------- memory: chunks, same bits
+
+
+@pytest.fixture(scope="module")
+def tiny_512() -> SAM2Model:
+    """The tiny SAM 2.1 at 512 pixels with seeded random weights: real decoder widths (256 channels,
+    32 x 32 image tokens), so that chunks run the same kernels as at 1024."""
+    torch.manual_seed(0)
+    return build_model("sam2.1_hiera_t", image_size=512)
+
+
+def _decode_all(model: SAM2Model, features: Any, batch: int, **kwargs: Any) -> list[torch.Tensor]:
+    """Decoder outputs for `batch` grid prompts (an image embedding per prompt if kwargs say so)."""
+    size = model.spec.image_size
+    points = torch.as_tensor(point_grid(8), dtype=torch.float32)[:batch] * size
+    labels = torch.ones(batch, 1, dtype=torch.int32)
+    kwargs = dict(kwargs)
+    if kwargs.pop("per_prompt_image", False):
+        embedding = model.embed_without_memory(features)
+        kwargs["image_embedding"] = embedding * torch.linspace(0.5, 1.5, batch).view(batch, 1, 1, 1)
+    if "mask_input" in kwargs:
+        kwargs["mask_input"] = kwargs["mask_input"][:batch]
+    return list(model.decode(features, points[:, None], labels, **kwargs))
+
+
+@pytest.mark.parametrize("high_res", [True, False])
+def test_the_decoder_in_chunks_gives_the_same_outputs(
+    tiny_512: SAM2Model, monkeypatch: pytest.MonkeyPatch, high_res: bool
+) -> None:
+    """On CPU without autograd the decoder makes its per-prompt image maps a few prompts at a time (a
+    large batch's would be fresh memory at every step): every output is the whole batch's, with uneven
+    chunks, one or three masks, a mask prompt, an image embedding per prompt (a tracker's) and without
+    the high-resolution features. Bit for bit on the AMD EPYC (Zen 4) it was written on; another CPU's
+    matrix kernels may round a product of fewer rows differently, so the test allows float rounding."""
+    from masklet.model import mask_decoder
+
+    model = tiny_512
+    if not high_res:
+        torch.manual_seed(0)
+        model = build_model(dataclasses.replace(model.spec, use_high_res_features_in_sam=False))
+    side = model.spec.image_size // 16
+    per_prompt = side * side * 256  # image-token values of one prompt
+    mask_input = torch.randn(13, 1, 4 * side, 4 * side, generator=torch.Generator().manual_seed(1))
+    settings: list[dict[str, Any]] = [
+        {"multimask_output": True},
+        {"multimask_output": False},
+        {"multimask_output": True, "per_prompt_image": True},
+        {"multimask_output": False, "mask_input": mask_input},
+    ]
+    with torch.inference_mode():
+        features = model.encode_image(prepare_image(AMG["image"].numpy(), model.spec.image_size))
+        for kwargs in settings if high_res else settings[:1]:
+            for batch in (5, 13):  # chunks of 3 + 2, 4 + 3 + 3 + 3
+                monkeypatch.setattr(mask_decoder, "CHUNK_BYTES", 2**40)
+                whole = _decode_all(model, features, batch, **kwargs)
+                # 4 prompts per chunk of image tokens, 2 per chunk of upscaled maps (twice as large); then
+                # one prompt per chunk (maps of one prompt this large still take the whole batch's kernels)
+                for chunk in (4, 1):
+                    monkeypatch.setattr(mask_decoder, "CHUNK_BYTES", chunk * per_prompt * 4)
+                    assert mask_decoder._chunk(whole[0], 13, per_prompt) == chunk
+                    chunked = _decode_all(model, features, batch, **kwargs)
+                    for a, b in zip(whole, chunked, strict=True):
+                        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=f"{list(kwargs)} {batch} {chunk}")
+
+
+def test_reused_decoder_buffers_hold_nothing_returned(tiny_512: SAM2Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within `reuse_buffers()` the chunked path's image-token buffer serves call after call (and a smaller
+    batch), and no output of one call changes with the next."""
+    from masklet.model import mask_decoder
+
+    monkeypatch.setattr(mask_decoder, "CHUNK_BYTES", 4 * 2**20)  # 4 prompts of 32 x 32 x 256 floats
+    with torch.inference_mode():
+        features = tiny_512.encode_image(prepare_image(AMG["image"].numpy(), tiny_512.spec.image_size))
+        alone = _decode_all(tiny_512, features, 13)
+        with mask_decoder.reuse_buffers():
+            first = _decode_all(tiny_512, features, 13)
+            kept = [t.clone() for t in first]
+            buffer = mask_decoder._BUFFERS.get()["image_tokens"]  # type: ignore[index]
+            second = _decode_all(tiny_512, features, 9, multimask_output=False)
+            assert mask_decoder._BUFFERS.get()["image_tokens"] is buffer  # type: ignore[index]
+        assert mask_decoder._BUFFERS.get() is None
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(first, kept, alone, strict=True))
+    assert second[0].shape == (9, 1, 128, 128)
+
+
+def test_decoder_chunks_are_even_and_never_a_single_prompt() -> None:
+    from masklet.model.mask_decoder import _spans
+
+    def sizes(total: int, chunk: int) -> list[int]:
+        spans = _spans(total, chunk)
+        assert spans[0][0] == 0 and spans[-1][1] == total
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+        return [stop - start for start, stop in spans]
+
+    assert sizes(64, 4) == [4] * 16 and sizes(13, 4) == [4, 3, 3, 3] and sizes(4, 4) == [4]
+    assert sizes(3, 2) == [3] and sizes(5, 2) == [3, 2] and sizes(3, 1) == [1, 1, 1] and sizes(1, 4) == [1]
+    assert _spans(4, 2, offset=8) == [(8, 10), (10, 12)]
+
+
+def test_the_decoder_keeps_whole_batches_for_autograd(model: SAM2Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    from masklet.model import mask_decoder
+
+    monkeypatch.setattr(mask_decoder, "CHUNK_BYTES", 1)
+    with torch.inference_mode():
+        assert mask_decoder._chunk(torch.zeros(1), 13, 100) == 1
+    with torch.enable_grad():
+        assert mask_decoder._chunk(torch.zeros(1), 13, 100) == 0
+        features = model.encode_image(prepare_image(AMG["image"].numpy(), model.spec.image_size))
+        out = model.decode(features, torch.rand(5, 1, 2) * 100, torch.ones(5, 1, dtype=torch.int32))
+    assert out.masks.requires_grad
+
+
+@pytest.mark.parametrize("name", ["all_candidates", "thresholds", "crops_all", "min_region_area", "m2m", "single_mask"])
+def test_measuring_and_painting_in_chunks_gives_the_same_results(
+    model: SAM2Model, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Crop-size logits made three masks at a time (stability, boxes, the returned masks): the same
+    masks, scores, boxes, logits and RLEs as all at once."""
+    from masklet.pipelines import automask
+
+    case = next(c for c in AMG["cases"] if c["name"] == name)
+    config = AutoMaskConfig(**{**case["kwargs"], "points_per_batch": 13})
+    image = AMG["image"].numpy()
+    monkeypatch.setattr(automask, "MAP_CHUNK_BYTES", 2**40)
+    whole = AutoMaskGenerator(model, config).generate(image)
+    monkeypatch.setattr(automask, "MAP_CHUNK_BYTES", 3 * 96 * 160 * 4)  # three image-size masks
+    chunked = AutoMaskGenerator(model, config).generate(image)
+    _assert_same(whole, chunked)
+
+
+def test_generation_with_chunked_decoding_gives_the_same_results(
+    tiny_512: SAM2Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from masklet.model import mask_decoder
+    from masklet.pipelines import automask
+
+    config = AutoMaskConfig(
+        points_per_side=6, points_per_batch=13, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
+    )
+    image = AMG["image"].numpy()
+    monkeypatch.setattr(mask_decoder, "CHUNK_BYTES", 2**40)
+    monkeypatch.setattr(automask, "MAP_CHUNK_BYTES", 2**40)
+    whole = AutoMaskGenerator(tiny_512, config).generate(image)
+    monkeypatch.setattr(mask_decoder, "CHUNK_BYTES", 4 * 2**20)  # 4 prompts of 32 x 32 x 256 floats
+    monkeypatch.setattr(automask, "MAP_CHUNK_BYTES", 5 * 96 * 160 * 4)
+    chunked = AutoMaskGenerator(tiny_512, config).generate(image)
+    assert len(whole) == len(chunked) == 6 * 6 * 3  # every candidate (no thresholds, no NMS), in one order
+    # the decoder's chunks may round differently on another CPU (see above): the same masks but for a pixel
+    # at a logit's zero crossing, the same scores to float rounding
+    assert (whole.masks != chunked.masks).float().mean() < 1e-4
+    for name in ("low_res_logits", "predicted_iou", "object_score_logits"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=1e-4, atol=1e-4, msg=name)
+    # a ratio of pixel counts at two thresholds: a pixel flipped at a threshold moves it by 1 / area
+    torch.testing.assert_close(chunked.stability_score, whole.stability_score, rtol=0, atol=1e-2)
+    assert torch.equal(whole.point_coords, chunked.point_coords)
+
+
+def _assert_same(a: AutoMasks, b: AutoMasks) -> None:
+    assert len(a) > 3
+    for field in dataclasses.fields(AutoMasks):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        assert (x == y) if field.name == "rles" else torch.equal(x, y), field.name
+
+
 # ---------------------------------------------------------------- parts
 
 

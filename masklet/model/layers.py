@@ -64,6 +64,16 @@ class LayerNorm2d(nn.Module):
         x += self.bias[:, None, None]  # in place: a fresh map of this size costs more than the sum
         return x
 
+    def forward_(self, x: Tensor) -> Tensor:
+        """`forward(x)`, bit for bit, computed in x's memory (inference only: x is overwritten)."""
+        u = x.mean(1, keepdim=True)
+        x -= u
+        s = x.pow(2).mean(1, keepdim=True)
+        x /= torch.sqrt(s + self.eps)
+        x *= self.weight[:, None, None]  # weight * y == y * weight
+        x += self.bias[:, None, None]
+        return x
+
 
 class Attention(nn.Module):
     """Multi-head attention with separate q/k/v/out projections, as in SAM.

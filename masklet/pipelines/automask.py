@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from masklet.io.rle import RLE, encode_tensor
+from masklet.model.mask_decoder import reuse_buffers
 from masklet.model.sam2 import ImageFeatures, SAM2Model
 from masklet.model.transforms import ArrayLike, prepare_image, scale_coords
 from masklet.pipelines.grids import CropBox, crop_boxes, layer_point_grids
@@ -42,6 +43,9 @@ from masklet.pipelines.nms import batched_nms, box_area
 
 LOW_RES_CLAMP = 32.0  # the official predictor clamps low-res logits before feeding them back (m2m)
 EDGE_TOLERANCE = 20.0  # pixels: a box this close to a crop edge (not an image edge) is cut by the crop
+# on CPU, masks are upsampled to image size this many bytes of logits at a time: below glibc's largest mmap
+# threshold (32 MiB), so that each chunk reuses the memory of the last instead of faulting in fresh pages
+MAP_CHUNK_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -195,12 +199,13 @@ class AutoMaskGenerator:
         c = self.config
         h, w = int(image.shape[0]), int(image.shape[1])
         boxes, layers = crop_boxes((h, w), c.crop_n_layers, c.crop_overlap_ratio)
-        found = _Candidates.cat(
-            [
-                self._process_crop(image, i, boxes[i], layers[i], (h, w), features if i == 0 else None)
-                for i in range(len(boxes))
-            ]
-        )
+        with reuse_buffers():  # the decoder's buffers serve batch after batch
+            found = _Candidates.cat(
+                [
+                    self._process_crop(image, i, boxes[i], layers[i], (h, w), features if i == 0 else None)
+                    for i in range(len(boxes))
+                ]
+            )
         crop_xyxy = torch.tensor(boxes, dtype=torch.int64, device=found.crop.device)
         if len(boxes) > 1:
             # prefer masks from smaller crops: they saw the object at a higher resolution
@@ -264,34 +269,56 @@ class AutoMaskGenerator:
         coords = scale_coords(points, crop_hw, self.model.spec.image_size)[:, None]
         labels = torch.ones(len(points), 1, dtype=torch.int32, device=points.device)
         out = self.model.decode(features, coords, labels, multimask_output=c.multimask_output)
-        m = out.masks.shape[1]
-        low_res, iou = out.masks.float().flatten(0, 1), out.iou.float().flatten(0, 1)
+        masks = out.masks  # [B, M, h, w], not copied before the IoU filter has picked the candidates
+        m = masks.shape[1]
+        iou = out.iou.float().flatten(0, 1)
         object_score = out.object_score_logits.float().repeat_interleave(m, dim=0)[:, 0]
         points = points.repeat_interleave(m, dim=0)
         if c.use_m2m:
-            low_res, iou, object_score = self._refine(features, points, low_res, crop_hw)
-        n = len(iou)
+            low_res, iou, object_score = self._refine(features, points, masks.float().flatten(0, 1), crop_hw)
+            masks = low_res[:, None]
+        keep = iou > c.pred_iou_thresh if c.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
+        n = int(keep.sum())
         # stability, boxes and crop index are filled in below, once known
         found = _Candidates(
-            low_res,
-            iou,
+            masks[keep.view(masks.shape[:2])].float(),  # [n, h, w], only the candidates that pass
+            iou[keep],
             iou.new_zeros(n),
-            object_score,
-            points,
+            object_score[keep],
+            points[keep],
             iou.new_zeros(n, 4, dtype=torch.int64),
             iou.new_zeros(n, dtype=torch.int64),
         )
-        if c.pred_iou_thresh > 0:
-            found = found.select(found.iou > c.pred_iou_thresh)
         if c.min_mask_region_area > 0:
             found.low_res = fill_holes_and_remove_sprinkles(found.low_res, c.min_mask_region_area)
-        logits = _upsample(found.low_res, crop_hw)
-        found.stability = stability_score(logits, c.mask_threshold, c.stability_score_offset)
+        found.stability, found.boxes = self._measure(found.low_res, crop_hw)
         if c.stability_score_thresh > 0:
-            keep = found.stability >= c.stability_score_thresh
-            found, logits = found.select(keep), logits[keep]
-        found.boxes = masks_to_boxes(logits > c.mask_threshold)
+            found = found.select(found.stability >= c.stability_score_thresh)
         return found.select(~_near_crop_edge(found.boxes, crop_box, image_hw))
+
+    def _measure(self, low_res: Tensor, crop_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Stability scores [N] and boxes [N, 4] (int64, crop pixels) of the masks of low-res logits
+        [N, h, w] upsampled to the crop; boxes only of the masks that pass the stability filter (the
+        others' are zeros, for the caller to drop).
+
+        On CPU the masks are upsampled a few at a time (`_map_chunk`): a whole batch's crop-size logits
+        are hundreds of MB, fresh memory from the OS at every batch, whereas chunks reuse the same memory.
+        """
+        c = self.config
+        n = len(low_res)
+        stability = low_res.new_zeros(n)
+        boxes = torch.zeros((n, 4), dtype=torch.int64, device=low_res.device)
+        step = _map_chunk(low_res, crop_hw)
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            logits = _upsample(low_res[start:stop], crop_hw)
+            stability[start:stop] = stability_score(logits, c.mask_threshold, c.stability_score_offset)
+            if c.stability_score_thresh > 0:
+                rows = (stability[start:stop] >= c.stability_score_thresh).nonzero()[:, 0]
+                boxes[start + rows] = masks_to_boxes(logits[rows] > c.mask_threshold)
+            else:
+                boxes[start:stop] = masks_to_boxes(logits > c.mask_threshold)
+        return stability, boxes
 
     def _refine(
         self, features: ImageFeatures, points: Tensor, low_res: Tensor, crop_hw: tuple[int, int]
@@ -316,9 +343,10 @@ class AutoMaskGenerator:
         masks = torch.zeros((len(found.iou), *image_hw), dtype=torch.bool)
         for index, (x0, y0, x1, y1) in enumerate(boxes):
             rows = (found.crop == index).nonzero()[:, 0]
-            if len(rows):
-                logits = _upsample(found.low_res[rows], (y1 - y0, x1 - x0))
-                masks[rows.cpu(), y0:y1, x0:x1] = (logits > self.config.mask_threshold).cpu()
+            step = _map_chunk(found.low_res, (y1 - y0, x1 - x0))
+            for part in rows.split(step):
+                logits = _upsample(found.low_res[part], (y1 - y0, x1 - x0))
+                masks[part.cpu(), y0:y1, x0:x1] = (logits > self.config.mask_threshold).cpu()
         return masks
 
 
@@ -332,6 +360,14 @@ def _near_crop_edge(boxes: Tensor, crop_box: CropBox, image_hw: tuple[int, int])
     near_crop = (uncropped - crop).abs() <= EDGE_TOLERANCE
     near_image = (uncropped - image).abs() <= EDGE_TOLERANCE
     return (near_crop & ~near_image).any(dim=1)
+
+
+def _map_chunk(like: Tensor, size: tuple[int, int]) -> int:
+    """Masks per chunk when upsampling to `size`: on CPU, as many float maps as fit in MAP_CHUNK_BYTES (at
+    least one); elsewhere all at once."""
+    if like.device.type != "cpu":
+        return max(1, len(like))
+    return max(1, MAP_CHUNK_BYTES // (size[0] * size[1] * 4))
 
 
 def _upsample(low_res: Tensor, size: tuple[int, int]) -> Tensor:
