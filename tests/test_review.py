@@ -654,11 +654,12 @@ def test_outputs_of_schema_version_1_still_read(output: tuple[str, dict], tmp_pa
     root, records = output
     old = tmp_path / "old"
     shutil.copytree(root, old)
-    for path in (old / "masklets").glob("*.parquet"):
+    for path in [*(old / "masklets").glob("*.parquet"), *(old / "videos").glob("*.parquet")]:
         table = pq.read_table(path)
-        pq.write_table(table.drop_columns(list(ADDED_COLUMNS)), path)
+        pq.write_table(table.drop_columns([c for c in ADDED_COLUMNS if c in table.column_names]), path)
     shard = read_shard(str(old), "shard-000000")
     assert all(m.review_verdict is None and m.human_edit_count is None for m in shard.masklets)
+    assert all(v.frames_decoded is None for v in shard.videos)
     assert all(records[(m.video_key, m.masklet_id)] == m for m in shard.masklets)
     table = read_table(str(old), "shard-000000", "masklets", columns=["masklet_id", "human_edit_count"])
     assert table.column("human_edit_count").null_count == table.num_rows
@@ -667,7 +668,7 @@ def test_outputs_of_schema_version_1_still_read(output: tuple[str, dict], tmp_pa
         main(["review", "export", str(old), str(tmp_path / "review"), "--top-k", "2", "--format", "labelstudio"]) == 0
     )
     written = pq.read_table(tmp_path / "sampled" / "masklets" / "shard-000000.parquet")
-    assert written.schema.equals(MASKLETS_SCHEMA) and SCHEMA_VERSION == 2
+    assert written.schema.equals(MASKLETS_SCHEMA) and SCHEMA_VERSION == 3
     assert doubt.RANKED_COLUMN["stability"] == "stability_mean"
 
 

@@ -31,3 +31,24 @@ def test_an_error_row_holds_no_control_character_and_is_cut(tmp_path: Path) -> N
     assert row.error == printable_message(f"video {row.video_key!r}: cannot read {HOSTILE}")
     assert row.error.startswith(f"video {row.video_key!r}: cannot read \\x1b[2J\\x1b]0;pwned\\x07password=hunter2")
     assert not any(ord(c) < 32 and c not in "\t\n" for c in row.error) and len(row.error) < 2100
+
+
+def _reading_pipeline(video: VideoInput, frames: FrameStream) -> list:
+    """Reads the video at the job's rate, then positions 4..5 again, as a backward pass would."""
+    assert [f.index for f in frames] == [0, 2, 4, 6, 8, 10]
+    assert [f.index for f in frames.reopen(4, 6)] == [8, 10]
+    return []
+
+
+def test_a_video_row_counts_the_frames_its_decoder_decoded(tmp_path: Path) -> None:
+    """12 frames at half the rate: the 6 annotated and the 5 between them decoded only to reach them
+    (frame 11 is never reached), then the second pass's 11 again, from the video's only keyframe, its
+    first frame (the synthetic corpus keeps x264's default interval, 250)."""
+    write_corpus(str(tmp_path / "in"), videos=1, per_shard=1, seed=0, width=64, height=48, frames=12, fps=24.0)
+    source = SourceConfig(uri=str(tmp_path / "in" / "shard-*.tar"), fps=12.0)
+    [shard] = list_shards(source)
+    out = str(tmp_path / "out")
+    process_shard(shard, _reading_pipeline, source=source, output_uri=out, model="m", config_hash="h")
+    [row] = read_shard(out, shard.id).videos
+    assert row.status == "ok" and row.frame_indices == [0, 2, 4, 6, 8, 10]
+    assert row.frames_decoded == 11 + 11

@@ -20,7 +20,7 @@ from masklet.io import rle
 from masklet.io.rle import RLE
 from masklet.io.tars import MAX_KEY_LENGTH, is_safe_key
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SOURCES = ("auto", "prompt")
 STATUSES = ("ok", "error")
 
@@ -49,6 +49,7 @@ ADDED_COLUMNS = {
     "review_verdict": 2,
     "reviewer": 2,
     "reviewed_at": 2,
+    "frames_decoded": 3,
 }
 
 MASKLETS_SCHEMA = pa.schema(
@@ -103,6 +104,7 @@ VIDEOS_SCHEMA = pa.schema(
         pa.field("num_kept", pa.int32(), nullable=False),
         pa.field("video_bytes", pa.int64()),
         pa.field("decoder", pa.string()),
+        pa.field("frames_decoded", pa.int64()),
         pa.field("decode_seconds", pa.float64(), nullable=False),
         pa.field("model_seconds", pa.float64(), nullable=False),
         pa.field("total_seconds", pa.float64(), nullable=False),
@@ -269,6 +271,7 @@ class VideoRecord:
     frame_indices: list[int] = field(default_factory=list)
     video_bytes: int | None = None
     decoder: str | None = None
+    frames_decoded: int | None = None  # by the backends, to reach wanted frames and for backward passes too
     decode_seconds: float = 0.0
     model_seconds: float = 0.0
     total_seconds: float = 0.0

@@ -126,6 +126,7 @@ def run_video(
         item.original_key,
         item.source_uri,
         **_stream_fields(stream, attempt.data),
+        frames_decoded=stream.clock.frames_decoded,
         decode_seconds=opened + stream.clock.wait_seconds,
         model_seconds=in_pipeline - stream.clock.wait_seconds,
         total_seconds=time.perf_counter() - attempt.t0,
