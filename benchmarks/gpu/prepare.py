@@ -5,11 +5,10 @@
 `.gpucheck/wheels/`: masklet's dependencies that the GPU machine's image lacks (its torch, numpy,
 pyarrow, fsspec, pyyaml, scipy, matplotlib, pillow, tqdm are used as they are), at the versions of
 requirements/dev-constraints.txt, and the official sam2 with what it needs, built from sdists where
-PyPI has no wheel. Not PyAV (36 MB): without it masklet decodes every video with decord (logging a
-warning for each video too large for decord's read-ahead, masklet.io.video), so the check's inputs
-are written here instead. `.gpucheck/inputs/`: the tracker's test videos (scene-{N}f.mp4) and
-a corpus of 8 synthetic videos for the shard-vs-model row. Prints the size that will travel (the
-device tool takes 64 MiB with the working tree).
+PyPI has no wheel. Not PyAV (36 MB): without it masklet decodes every video with decord
+(masklet.io.video), so the check's inputs are written here instead. `.gpucheck/inputs/`: the
+tracker's test videos (scene-{N}f.mp4) and a corpus of 8 synthetic videos for the shard-vs-model
+row. Prints the size that will travel (the device tool takes 64 MiB with the working tree).
 """
 
 from __future__ import annotations

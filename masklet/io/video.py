@@ -10,7 +10,7 @@ decoded, up to about a thousand frames, so a longer or larger video would cost m
 with its length (a thousand 1080p frames are 6 GB). PyAV, which decodes only the frames asked for,
 decodes the others, and those decord cannot open (its bundled FFmpeg 4 lacks e.g. AV1); both give
 the same pixels for H.264 4:2:0 (tests/test_video_decode.py). JPEG frames are decoded by PyAV's mjpeg
-decoder, so Pillow is not needed. PyAV is imported only there: a machine without it (the GPU
+decoder, so Pillow is not needed. PyAV is imported where it is used: a machine without it (the GPU
 check's) decodes every video with decord.
 
 Frame selection: stride = max(1, round-half-up(source_fps / fps)); frames 0, stride, 2*stride, ...
