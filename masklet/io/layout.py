@@ -45,13 +45,9 @@ def read_json(root: str, name: str) -> dict[str, Any] | None:
     Raises ValueError naming the file when it is not JSON, StorageError when it cannot be read.
     """
     uri = storage.join(root, name)
-    fs, path = storage.url_to_fs(uri)
-    try:
-        data = storage.call("read", uri, fs.cat_file, path)
-    except storage.StorageError as exc:
-        if isinstance(exc.__cause__, FileNotFoundError):
-            return None
-        raise
+    data = storage.read_bytes_if_present(uri)
+    if data is None:
+        return None
     try:
         return json.loads(data)
     except json.JSONDecodeError as exc:

@@ -78,9 +78,7 @@ def _read_parquet(path: str, fs: Any, columns: list[str] | None) -> pa.Table:
 
 def read_marker(root: str, shard_id: str, *, retry: RetryPolicy | None = None) -> dict:
     """A committed shard's `_done` marker: its counts, timings and files."""
-    uri = storage.join(root, shard_files(shard_id)["done"])
-    fs, path = storage.url_to_fs(uri)
-    return json.loads(storage.call("read", uri, fs.cat_file, path, retry=retry))
+    return json.loads(storage.read_bytes(storage.join(root, shard_files(shard_id)["done"]), retry=retry))
 
 
 def read_shard(root: str, shard_id: str, *, retry: RetryPolicy | None = None) -> OutputShard:

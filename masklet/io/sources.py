@@ -128,8 +128,7 @@ class VideoInput:
             raise TypeError(f"video {self.key!r} is a folder of frames, not an encoded file")
         uri = self.content
         try:
-            fs, path = url_to_fs(uri)
-            return storage.call("read", uri, fs.cat_file, path)
+            return storage.read_bytes(uri)
         except StorageError as exc:
             if exc.transient:
                 raise
@@ -247,8 +246,7 @@ def _spill_name(uri: str, size: int) -> str:
 def _shard_rows(shard: Shard) -> Iterable[ManifestRow]:
     if shard.rows_uri is None:
         return shard.items  # type: ignore[return-value]
-    fs, path = url_to_fs(shard.rows_uri)
-    text = storage.call("read", shard.rows_uri, fs.cat_file, path).decode()
+    text = storage.read_bytes(shard.rows_uri).decode()
     return [ManifestRow(**json.loads(line)) for line in text.splitlines()]
 
 

@@ -382,6 +382,22 @@ def raise_disk_full(exc: OSError, uri: str, stage: str) -> None:
         raise OSError(exc.errno, message, stage) from exc
 
 
+def read_bytes(uri: str, *, retry: RetryPolicy | None = None) -> bytes:
+    """The whole file at `uri` (retried; a StorageError naming it)."""
+    fs, path = url_to_fs(uri)
+    return call("read", uri, fs.cat_file, path, retry=retry)
+
+
+def read_bytes_if_present(uri: str, *, retry: RetryPolicy | None = None) -> bytes | None:
+    """`read_bytes(uri)`, or None where there is no such file."""
+    try:
+        return read_bytes(uri, retry=retry)
+    except StorageError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            return None
+        raise
+
+
 def write_bytes(uri: str, data: bytes, *, retry: RetryPolicy | None = None) -> None:
     """Write `data` to `uri` atomically."""
     with staged_file(uri, retry=retry) as stage, open(stage, "wb") as f:

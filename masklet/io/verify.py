@@ -88,10 +88,8 @@ def _sizes(folder_uri: str) -> dict[str, int]:
 
 def _marker(root: str, shard_id: str) -> dict | Damage:
     name = shard_files(shard_id)["done"]
-    uri = storage.join(root, name)
-    fs, path = storage.url_to_fs(uri)
     try:
-        marker = json.loads(storage.call("read", uri, fs.cat_file, path))
+        marker = json.loads(storage.read_bytes(storage.join(root, name)))
     except json.JSONDecodeError as exc:
         return Damage(shard_id, name, f"is not valid JSON ({exc.msg})")
     if not isinstance(marker, dict) or not isinstance(marker.get("files"), list):

@@ -271,8 +271,7 @@ def _cvat_reviews(
 
 def read_labelstudio(corrections: str, manifest: Manifest) -> Reviews:
     """Reviews from Label Studio's JSON export (a list of tasks with their annotations)."""
-    fs, path = storage.url_to_fs(corrections)
-    data = storage.call("read", corrections, fs.cat_file, path)
+    data = storage.read_bytes(corrections)
     try:
         tasks = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -105,11 +105,7 @@ def parse_ref(text: str) -> tuple[str, str, int] | None:
 
 def load(review_uri: str) -> Manifest:
     uri = storage.join(review_uri, MANIFEST)
-    fs, path = storage.url_to_fs(uri)
-    try:
-        data = storage.call("read", uri, fs.cat_file, path)
-    except storage.StorageError as exc:
-        if isinstance(exc.__cause__, FileNotFoundError):
-            raise ValueError(f"{review_uri} holds no {MANIFEST}: not a `masklet review export` folder") from exc
-        raise
+    data = storage.read_bytes_if_present(uri)
+    if data is None:
+        raise ValueError(f"{review_uri} holds no {MANIFEST}: not a `masklet review export` folder")
     return Manifest.from_json(data, uri)
