@@ -20,6 +20,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from masklet.io.outputs import read_table
@@ -114,7 +115,7 @@ def main() -> None:
         "edits": (f"the {top_k} most-edited", work / "round0-edits"),
         "random": (f"{top_k} random", work / "round0-random"),
     }
-    init = args.round0 or _job_weights(args.job)
+    init = args.round0 or job_weights(args.job)
     trained_on = {"round 0": "ground truth of the training corpus"}
     for short, (name, root) in variants.items():
         run = work / f"train-{short}"
@@ -123,19 +124,27 @@ def main() -> None:
         trained_on[f"round 1 ({short})"] = f"round 0 + {name} (no ground truth)"
 
     print(f"\nauto-labels: {kept} kept masklets on {args.unlabeled} videos; K = {top_k}; {args.steps} steps per run")
-    print("\n| model | trained on | prompted J&F | auto recall @0.5 | auto precision |")
-    print("|---|---|---|---|---|")
-    for name, s in rows.items():
-        p, a = s["prompted"], s["auto"]
-        print(f"| {name} | {trained_on[name]} | {_fmt(p['jf'])} | {_fmt(a['recall'])} | {_fmt(a['precision'])} |")
+    print(model_table({name: (trained_on[name], s) for name, s in rows.items()}))
     print("\nwall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+
+
+def model_table(models: Mapping[str, tuple[str, dict]]) -> str:
+    """The markdown table of models: name -> (what it was trained on, its `masklet eval` summary)."""
+    lines = [
+        "\n| model | trained on | prompted J&F | auto recall @0.5 | auto precision |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (on, s) in models.items():
+        p, a = s["prompted"], s["auto"]
+        lines.append(f"| {name} | {on} | {_fmt(p['jf'])} | {_fmt(a['recall'])} | {_fmt(a['precision'])} |")
+    return "\n".join(lines)
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _job_weights(job: str) -> str:
+def job_weights(job: str) -> str:
     from masklet.config import load_config
 
     weights = load_config(str(ROOT / job)).model.weights

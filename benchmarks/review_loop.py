@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from data_engine_loop import ROOT, _fmt, _job_weights, count_kept, evaluate, masklet, synth, train
+from data_engine_loop import ROOT, count_kept, evaluate, job_weights, masklet, model_table, synth, train
 
 from masklet.eval.holdout import record_masks, sampled_ground_truth
 from masklet.io import sav
@@ -408,7 +408,7 @@ def main() -> None:
         "auto": (f"(d) round 0's {kept} kept auto-labels, unreviewed", labels),
         "after-review": (f"(e) every kept masklet after the review ({count_kept(reviewed)})", reviewed),
     }
-    init = args.round0 or _job_weights(args.job)
+    init = args.round0 or job_weights(args.job)
     origin = f"`{args.round0}`" if args.round0 else "`masklet_demo` (ground truth of its training corpus)"
     models = {"round 0": (origin, _cached_eval(work, "round0", args.round0, args.job, heldout_uri, rate))}
     for short, (name, data) in variants.items():
@@ -426,7 +426,7 @@ def main() -> None:
     print(f"\nround 0 kept {kept} masklets on {args.unlabeled} videos at {args.fps:g} fps; review budget R = {budget} "
           f"per strategy ({args.format}), K = {k}; {args.steps} steps per round-1 run")  # fmt: skip
     print(_effort_table(efforts, total, kept))
-    print(_model_table(models))
+    print(model_table(models))
     print("\nwall seconds: " + ", ".join(f"{key} {v:.0f}" for key, v in seconds.items()))
     if args.json:
         result = {
@@ -470,17 +470,6 @@ def _effort_table(efforts: Mapping[str, dict], total: dict, kept: int) -> str:
             f"| {e['frames_edited'] / e['reviewed']:.2f} | {e['corrected']} / {e['accepted']} / {e['rejected']} "
             f"| {_pct(e['frames_edited'], total['frames_edited'])} | {e['rejected']} of {total['rejected']} |"
         )
-    return "\n".join(lines)
-
-
-def _model_table(models: Mapping[str, tuple[str, dict]]) -> str:
-    lines = [
-        "\n| model | trained on | prompted J&F | auto recall @0.5 | auto precision |",
-        "|---|---|---|---|---|",
-    ]
-    for name, (on, s) in models.items():
-        p, a = s["prompted"], s["auto"]
-        lines.append(f"| {name} | {on} | {_fmt(p['jf'])} | {_fmt(a['recall'])} | {_fmt(a['precision'])} |")
     return "\n".join(lines)
 
 
