@@ -9,12 +9,27 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+import ray
 import yaml
 
 from masklet.io import sav
+from masklet.jobs.cluster import LOOPBACK_ENV
 
 TESTS = Path(__file__).parent
 TIMING_COLUMNS = ("decode_seconds", "model_seconds", "total_seconds")
+
+
+def start_local_ray(**system_config: Any) -> None:
+    """The Ray of a module's in-process runs, on 127.0.0.1; its workers import the test plug-ins from tests/."""
+    assert os.environ[LOOPBACK_ENV] == "0", "tests/conftest.py keeps every test Ray on 127.0.0.1"
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}},
+        _system_config=system_config or None,
+    )
 
 
 def write_config(path: Path, source_uri: str, output: Path, **sections: dict[str, Any]) -> Path:

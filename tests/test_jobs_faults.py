@@ -4,28 +4,19 @@ same outputs as a clean run (tests/test_scheduler.py covers the queue's logic on
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import ray
-from jobs_helpers import TESTS, read_output, write_config
+from jobs_helpers import read_output, start_local_ray, write_config
 
 from masklet.cli import main
-from masklet.jobs.cluster import LOOPBACK_ENV
 from masklet.synth.corpus import write_corpus
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> None:
-    assert os.environ[LOOPBACK_ENV] == "0"
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}},
-    )
+    start_local_ray()
     yield
     ray.shutdown()
 

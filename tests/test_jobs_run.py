@@ -30,6 +30,7 @@ from jobs_helpers import (
     ground_truth,
     listening_addresses,
     read_output,
+    start_local_ray,
     write_config,
 )
 from jobs_plugins import DELAY_ENV
@@ -46,16 +47,7 @@ MASKLET = Path(sys.executable).parent / "masklet"
 
 @pytest.fixture(scope="module")
 def local_ray() -> None:
-    """The Ray of the in-process runs; its workers import the test plug-ins from tests/."""
-    assert os.environ[LOOPBACK_ENV] == "0", "tests/conftest.py keeps every test Ray on 127.0.0.1"
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}},
-        _system_config={"metrics_report_interval_ms": 1000},
-    )
+    start_local_ray(metrics_report_interval_ms=1000)
     yield
     ray.shutdown()
 
