@@ -240,6 +240,39 @@ class FiltersConfig(Section):
         return self
 
 
+class SplitConfig(Section):
+    """One long video as several units of work: time chunks labelled by different workers, their
+    masklets stitched into one set (docs/long-videos.md, "One video, many workers")."""
+
+    chunk_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="split a video longer than chunk_seconds + overlap_seconds into chunks of this many seconds "
+        "of video, each a unit of work of its own; null: never split",
+    )
+    overlap_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds each chunk runs on into the next one; masklets are matched on these frames",
+    )
+    min_iou: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=0.5,
+        description="IoU over the overlap at which a masklet of one chunk continues one of the chunk before "
+        "(matched one to one, Hungarian); below it, one ends and the other starts at the boundary",
+    )
+
+    @model_validator(mode="after")
+    def _overlap_inside_chunk(self) -> SplitConfig:
+        if self.chunk_seconds is not None and self.overlap_seconds >= self.chunk_seconds:
+            raise ValueError(
+                f"overlap_seconds ({self.overlap_seconds:g}) must be shorter than chunk_seconds "
+                f"({self.chunk_seconds:g})"
+            )
+        return self
+
+
 class OutputConfig(Section):
     """Where the masklet shards go."""
 
@@ -291,6 +324,7 @@ class JobConfig(Section):
     model: ModelConfig = Field(default_factory=dict, validate_default=True)  # validated: no weights, no job
     pipeline: PipelineConfig = PipelineConfig()
     filters: FiltersConfig = FiltersConfig()
+    split: SplitConfig = SplitConfig()
     output: OutputConfig
     ray: RayConfig = RayConfig()
     workers: WorkersConfig = WorkersConfig()
@@ -308,6 +342,17 @@ class JobConfig(Section):
         if unknown:
             raise ValueError(f"unknown storage protocol {', '.join(unknown)}; expected fsspec protocols such as s3, gs")
         return storage
+
+    @model_validator(mode="after")
+    def _split_needs_automatic_labels(self) -> JobConfig:
+        """A prompted object lives in the chunk its prompt is on: the chunks after it would have to wait for
+        that chunk's last mask, so splitting would run them one after another."""
+        if self.split.chunk_seconds is not None and self.pipeline.mode == "prompted" and self.workers.pipeline is None:
+            raise ValueError(
+                "split.chunk_seconds splits videos for the automatic pipeline (pipeline.mode: auto); prompted "
+                "objects cannot be tracked across chunks labelled at once"
+            )
+        return self
 
     @model_validator(mode="after")
     def _output_is_not_input(self) -> JobConfig:
@@ -330,6 +375,8 @@ class JobConfig(Section):
         output row and every done marker, so a resume can refuse a mix. `PLACEMENT` settings are left
         out: a job started on a laptop can be resumed on a cluster with more workers."""
         data = self.model_dump(mode="json")
+        if data["split"]["chunk_seconds"] is None:  # off: the hash of a job from before `split` existed
+            data.pop("split")
         for dotted in PLACEMENT:
             *parents, leaf = dotted.split(".")
             node = data

@@ -119,6 +119,8 @@ def test_dependency_rule(scope: tuple[str, ...], banned: tuple[str, ...], why: s
         ("masklet.jobs.progress", ("torch", "ray")),  # the progress printer
         ("masklet.jobs.run_lease", ("torch", "ray")),
         ("masklet.jobs.shard", ("ray",)),  # the shard's work without Ray
+        ("masklet.jobs.chunks", ("torch", "ray")),  # a split video's chunks and stitch, without Ray
+        ("masklet.jobs.split", ("torch", "ray")),  # what the driver plans and resumes of split videos
         ("masklet.jobs.job_record", ("torch", "ray")),
         ("masklet", ("torch", "ray")),
         ("masklet.cli", ("torch", "ray")),

@@ -513,6 +513,8 @@ class VideoStream:
     Iterate once (or use as a context manager); leaving the loop early stops the decoder thread.
     `frame_indices` lists the frames yielded so far; `reopen(start, stop)` decodes annotated positions
     start..stop-1 again from the bytes already in memory (never from the source), for a backward pass.
+    A stream of a span of the video (`open_video(..., start=, stop=)`, a chunk of a split video) counts
+    its positions from the span's first: its reopens stay inside the span.
     """
 
     def __init__(
@@ -527,6 +529,7 @@ class VideoStream:
         replays: _Replays | None = None,
         start: int = 0,
         stop: int | None = None,
+        span: tuple[int, int | None] | None = None,
     ):
         self.key = key
         self.backend = decoder.backend
@@ -546,6 +549,7 @@ class VideoStream:
         self._replays = replays or _Replays(source, key, self.clock)
         self._start = start
         self._stop = min((n for n in (stop, max_frames) if n is not None), default=None)
+        self._span = span or (start, stop)  # the first pass's annotated positions: reopens count from its start
         self._fallback: _Decoder | None = None
         self._prefetch = Prefetcher(self._decode, prefetch, name=f"masklet-decode:{key}")
 
@@ -571,6 +575,8 @@ class VideoStream:
         each frame about once, not the video's prefix for every chunk; waits and frames count on one clock."""
         if start < 0 or (stop is not None and stop < start):
             raise ValueError(f"reopen needs 0 <= start <= stop, got start={start}, stop={stop}")
+        first, end = self._span
+        stop = end if stop is None else first + stop if end is None else min(first + stop, end)
         return VideoStream(
             self._source,
             self._replays.lend(),
@@ -579,8 +585,9 @@ class VideoStream:
             max_frames=self.max_frames,
             prefetch=self._prefetch_depth,
             replays=self._replays,
-            start=start,
+            start=first + start,
             stop=stop,
+            span=self._span,
         )
 
     def close(self) -> None:
@@ -627,17 +634,18 @@ class VideoStream:
 
     def _first_frames(self) -> Iterator[Frame]:
         """The first pass: every frame's checksum is kept for the copies to check theirs against."""
-        for frame in self._decoder.frames(self.stride):
+        for frame in self._decoder.frames(self.stride, self._start):
             self._replays.checksums.append(_checksum(frame.rgb))
             yield frame
 
     def _frames_again(self) -> Iterator[Frame]:
         """A copy's frames, sought. A frame whose checksum is not the first pass's at its position ends
         seeking in this video: from there on, copies decode from the first frame, as the first pass did."""
-        replays, position = self._replays, self._start
+        replays, position, first = self._replays, self._start, self._span[0]
         if replays.seeking:
             for frame in self._decoder.frames(self.stride, self._start):
-                if position < len(replays.checksums) and _checksum(frame.rgb) != replays.checksums[position]:
+                seen = position - first  # the first pass's checksums start at its span's first position
+                if seen < len(replays.checksums) and _checksum(frame.rgb) != replays.checksums[seen]:
                     replays.seeking = False
                     log.warning(
                         "video %r: seeking to frame %d gave another frame; decoding it from the start instead",
@@ -661,8 +669,13 @@ def open_video(
     max_frames: int | None = None,
     prefetch_frames: int = 16,
     min_frames: int = 2,
+    start: int = 0,
+    stop: int | None = None,
 ) -> VideoStream:
-    """Open a video and decode its first frame; raise VideoDecodeError if it is not a usable video."""
+    """Open a video and decode its first frame; raise VideoDecodeError if it is not a usable video.
+
+    `start`, `stop`: the stream is annotated positions start..stop-1 only (a chunk of a split video;
+    its first frame is sought, as a backward pass's are); its positions count from `start`."""
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
     if not isinstance(source, (bytes, FrameFiles)):
@@ -673,4 +686,9 @@ def open_video(
         raise VideoDecodeError(
             key, f"the video has {decoder.frame_count} frame(s); at least {min_frames} are needed to track masklets"
         )
-    return VideoStream(source, decoder, key=key, fps=fps, max_frames=max_frames, prefetch=prefetch_frames)
+    if start < 0 or (stop is not None and stop <= start):
+        decoder.close()
+        raise ValueError(f"a span needs 0 <= start < stop, got start={start}, stop={stop}")
+    return VideoStream(
+        source, decoder, key=key, fps=fps, max_frames=max_frames, prefetch=prefetch_frames, start=start, stop=stop
+    )

@@ -34,6 +34,7 @@ from masklet.jobs.job_record import JobRecord, claim_output
 from masklet.jobs.progress import FailedShard, Progress
 from masklet.jobs.run_lease import take_over
 from masklet.jobs.scheduler import AttemptFailed, Limits, Scheduler, WorkerLost
+from masklet.jobs.split import ChunkUnit, SplitQueue, StitchUnit, WorkUnit, pending_units
 from masklet.jobs.worker import ShardWorker
 from masklet.model.device import resolve_device
 from masklet.pipelines.contract import factory_path, load_factory
@@ -82,10 +83,13 @@ class JobPlan:
     record: JobRecord
     claim: str  # "new", "resume", "replaced" or "forced" (see job_record.claim_output)
     factory: str
+    resumed: list[ChunkUnit | StitchUnit] = field(default_factory=list)  # split videos an earlier run left
+    waiting: dict[str, set[int]] = field(default_factory=dict)  # per split video, the chunks still to come
 
     @property
-    def todo(self) -> list[Shard]:
-        return [s for s in self.shards if s.id not in self.done]
+    def todo(self) -> list[WorkUnit]:
+        """The units to run: split videos' first (the job's longest tail), then the shards not done."""
+        return [*self.resumed, *(s for s in self.shards if s.id not in self.done)]
 
 
 def plan_job(config: JobConfig, *, force: bool = False) -> JobPlan:
@@ -109,7 +113,8 @@ def plan_job(config: JobConfig, *, force: bool = False) -> JobPlan:
     done = committed & {s.id for s in shards}
     record = JobRecord.for_config(config, check_weights(config.model, config.model.sha256))
     claim = claim_output(config.output.uri, record, force=force, committed=bool(committed))
-    return JobPlan(config, shards, done, record, claim, factory)
+    resumed, waiting = pending_units(config.output.uri, committed)
+    return JobPlan(config, shards, done, record, claim, factory, resumed, waiting)
 
 
 @dataclass
@@ -139,6 +144,7 @@ class JobSummary:
 
 
 EXIT_BELOW_MINIMUM = 3
+UNBOUNDED = 2**31  # units of work not known in advance
 
 
 def run_job(
@@ -162,16 +168,18 @@ def run_job(
     take_over(config.output.uri, run_id, force=force)
     workers = config.workers
     with connect(config.ray) as cluster, _stop_on_sigterm():
-        layout = plan_layout(workers, cluster, len(todo))
+        # a shard may hold a long video that becomes many units: with splitting on, shards do not cap workers
+        pending = len(todo) if config.split.chunk_seconds is None else UNBOUNDED
+        layout = plan_layout(workers, cluster, pending)
         _print_cluster(cluster, layout, out)
-        progress = Progress(
-            config.output.uri, run_id, plan.record.config_hash, len(plan.shards), len(plan.done), err, log_every
-        )
+        total = len(plan.shards) + len(plan.resumed)
+        progress = Progress(config.output.uri, run_id, plan.record.config_hash, total, len(plan.done), err, log_every)
         limits = Limits(
             max_attempts=workers.max_attempts, shard_timeout=workers.shard_timeout, video_timeout=workers.video_timeout
         )
-        backend = RayBackend(plan, layout, run_id, len(todo))
-        scheduler = Scheduler(backend, progress, layout.count, limits, grow=workers.count is None)
+        backend = RayBackend(plan, layout, run_id, pending)
+        follow = SplitQueue(plan.waiting).follow
+        scheduler = Scheduler(backend, progress, layout.count, limits, grow=workers.count is None, follow=follow)
         try:
             scheduler.run(todo)
         except BaseException:
@@ -187,7 +195,7 @@ def run_job(
         below = f"at times only {fewest} worker(s) ran, fewer than workers.min_count={workers.min_count}"
     summary = JobSummary(
         config.output.uri,
-        len(plan.shards),
+        progress.total,
         len(plan.done),
         progress.done,
         progress.failed,
@@ -231,7 +239,7 @@ class RayBackend:
     def ready(self, worker: Any) -> Any:
         return worker.ready.remote()
 
-    def process(self, worker: Any, shard: Shard, attempt: int) -> Any:
+    def process(self, worker: Any, shard: WorkUnit, attempt: int) -> Any:
         return worker.process.remote(shard, attempt)
 
     def poll(self, worker: Any) -> Any:
@@ -296,7 +304,18 @@ def _print_plan(plan: JobPlan, out: TextIO) -> None:
     print(f"masklet run: job {plan.record.config_hash[:12]} ({claim[plan.claim]})", file=out)
     source, output = _shown(config.source.uri), _shown(config.output.uri)
     print(f"  input:    {len(plan.shards)} shard(s) ({config.source.format}) at {source}", file=out)
-    print(f"  output:   {output}: {len(plan.done)} shard(s) already done, {len(plan.todo)} to run", file=out)
+    to_run = len(plan.shards) - len(plan.done)
+    print(f"  output:   {output}: {len(plan.done)} shard(s) already done, {to_run} to run", file=out)
+    if plan.resumed:
+        videos = len({unit.split.split_id for unit in plan.resumed})
+        print(f"  resuming: {videos} split video(s), {len(plan.resumed)} unit(s) left by an earlier run", file=out)
+    if config.split.chunk_seconds is not None:
+        s = config.split
+        print(
+            f"  split:    videos over {s.chunk_seconds + s.overlap_seconds:g} s in chunks of {s.chunk_seconds:g} s "
+            f"(+{s.overlap_seconds:g} s overlap), stitched at IoU >= {s.min_iou:g}",
+            file=out,
+        )
     print(f"  model:    {model.name}, {weights}", file=out)
     print(f"  pipeline: {config.pipeline.mode} ({plan.factory})", file=out)
 

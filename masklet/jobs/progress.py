@@ -161,6 +161,13 @@ class Progress:
             self._last_shown = None  # redraw the bar at the next tick
         self._dirty = True
 
+    def units_added(self, count: int, why: str) -> None:
+        """`count` more units of work to do (a long video's chunks and stitch), said on a line of its own."""
+        self.total += count
+        if self._bar is not None:
+            self._bar.total = self.to_run
+        self.message(why)
+
     def shard_lost(self, worker: str) -> None:
         """The worker's shard in hand is gone (it died or failed); its partial counts with it."""
         self.partial.pop(worker, None)

@@ -27,8 +27,11 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from masklet.io.sources import Shard
 from masklet.jobs.progress import Progress
+from masklet.jobs.split import WorkUnit
+
+# What a unit done makes due (the chunks of the long videos a shard left out, a video's stitch).
+FollowUp = Callable[[WorkUnit, Any], list[WorkUnit]]
 
 
 class WorkerLost(Exception):
@@ -46,7 +49,7 @@ class Backend(Protocol):
 
     def ready(self, worker: Any) -> Hashable: ...
 
-    def process(self, worker: Any, shard: Shard, attempt: int) -> Hashable: ...
+    def process(self, worker: Any, shard: WorkUnit, attempt: int) -> Hashable: ...
 
     def poll(self, worker: Any) -> Hashable: ...
 
@@ -76,7 +79,7 @@ LOOK_EVERY = 0.5  # seconds between looks at restarts due, time limits and the c
 
 @dataclass
 class _Task:
-    shard: Shard
+    shard: WorkUnit
     attempt: int
     ref: Hashable
     running_since: float | None = None  # set when it is the worker's current shard
@@ -116,12 +119,15 @@ class Scheduler:
         limits: Limits,
         *,
         grow: bool = False,
+        follow: FollowUp | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`workers`: positions to start with; `grow`: start more when `backend.capacity()` rises."""
+        """`workers`: positions to start with; `grow`: start more when `backend.capacity()` rises; `follow`:
+        the units a unit done makes due, queued first (a long video's chunks are the job's longest tail)."""
         self.backend, self.progress, self.limits, self.grow, self.clock = backend, progress, limits, grow, clock
+        self.follow = follow
         self.slots = [_Slot(i) for i in range(workers)]
-        self.queue: deque[tuple[Shard, int]] = deque()
+        self.queue: deque[tuple[WorkUnit, int]] = deque()
         self.refs: dict[Hashable, tuple[str, _Slot]] = {}  # ref -> (kind, slot)
         self.hungry: deque[_Slot] = deque()  # ready workers that may take another shard
         self.in_hand = 0  # shards given to workers and not back yet
@@ -134,7 +140,7 @@ class Scheduler:
     def poll_every(self) -> float:
         return max(1.0, len(self.slots) / 200)
 
-    def run(self, shards: list[Shard]) -> None:
+    def run(self, shards: list[WorkUnit]) -> None:
         self.queue.extend((shard, 1) for shard in shards)
         for slot in self.slots:
             self._start(slot)
@@ -280,6 +286,10 @@ class Scheduler:
                 slot.tasks[0].running_since = self.clock()
             self.hungry.append(slot)
             self.progress.shard_done(value)
+            due = self.follow(task.shard, value) if self.follow is not None else []
+            if due:
+                self.queue.extendleft((unit, 1) for unit in reversed(due))
+                self.progress.units_added(len(due), f"after {task.shard.id}: {_describe(due)}")
 
     def _fail_tasks(self, slot: _Slot, reason: str) -> None:
         """The slot's worker is taken out with its shards in hand: the running one counts an attempt, the
@@ -317,3 +327,9 @@ class Scheduler:
         if limit is not None and tally.get("video_seconds", 0.0) > limit:
             video, shard = tally.get("video_key"), tally["shard_id"]
             self._fail_tasks(slot, f"video {video} of shard {shard} ran past workers.video_timeout ({limit:g} s)")
+
+
+def _describe(units: list[WorkUnit]) -> str:
+    """The ids of units queued, the first few of them."""
+    shown = ", ".join(unit.id for unit in units[:3])
+    return f"{len(units)} unit(s) queued ({shown}{', ...' if len(units) > 3 else ''})"

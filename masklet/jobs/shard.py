@@ -11,19 +11,21 @@ is committed, and the job retries it. Importing this module loads neither Ray no
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from masklet.config import SourceConfig
+from masklet.config import SourceConfig, SplitConfig
 from masklet.io.errors import InputError, printable_message
 from masklet.io.schema import MaskletRecord, VideoRecord
 from masklet.io.sinks import ShardWriter
 from masklet.io.sources import Shard, VideoError, VideoInput, iter_videos
 from masklet.io.tars import sanitize_key
 from masklet.io.video import FRAME_FOLDER_FPS, FrameFiles, VideoStream, open_video
+from masklet.jobs.split import SplitVideo, plan_split, write_plan
 from masklet.pipelines.contract import VideoPipeline
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class ShardResult:
     failed_videos: list[tuple[str, str, str]] = field(default_factory=list)
     worker: str = ""
     attempt: int = 1
+    splits: list[SplitVideo] = field(default_factory=list)  # long videos left out, to be labelled in chunks
 
 
 class ShardWatch:
@@ -61,26 +64,38 @@ class ShardWatch:
 @dataclass
 class LabeledVideo:
     """One video through decode and pipeline: its row, its masklets (none for an error row) and, for
-    an encoded video, its bytes (what `output.write_video` copies into the output tar)."""
+    an encoded video, its bytes (what `output.write_video` copies into the output tar). A video too
+    long for one worker is not labelled: `split` says how its chunks will be."""
 
     record: VideoRecord
     masklets: list[MaskletRecord]
     data: bytes | None = None
+    split: SplitVideo | None = None
+
+
+# Whether an opened video is split (masklet.jobs.split): its plan, or None to label it here.
+Splitter = Callable[[VideoInput, VideoStream, "bytes | None"], "SplitVideo | None"]
 
 
 def label_video(
-    item: VideoInput | VideoError, pipeline: VideoPipeline, source: SourceConfig, watch: ShardWatch | None = None
+    item: VideoInput | VideoError,
+    pipeline: VideoPipeline,
+    source: SourceConfig,
+    watch: ShardWatch | None = None,
+    *,
+    span: tuple[int, int | None] = (0, None),
+    splitter: Splitter | None = None,
 ) -> LabeledVideo:
-    """Decode `item` at `source`'s fps and label it; the input's own faults become its error row, any
-    other exception propagates."""
+    """Decode `item` at `source`'s fps (annotated positions `span` only) and label it; the input's own
+    faults become its error row, any other exception propagates."""
     if isinstance(item, VideoError):
-        return LabeledVideo(_error_row(item.key, item.original_key, item.source_uri, "VideoError", item.reason), [])
+        return LabeledVideo(error_row(item.key, item.original_key, item.source_uri, "VideoError", item.reason), [])
     attempt = _Attempt(time.perf_counter())
     try:
-        return run_video(item, pipeline, source, attempt, watch)
+        return run_video(item, pipeline, source, attempt, watch, span=span, splitter=splitter)
     except InputError as exc:
         known = _stream_fields(attempt.stream, attempt.data) if attempt.stream is not None else {}
-        record = _error_row(
+        record = error_row(
             item.key, item.original_key, item.source_uri, type(exc).__name__, str(exc) or repr(exc), **known
         )
         record.total_seconds = time.perf_counter() - attempt.t0
@@ -102,9 +117,13 @@ def run_video(
     source: SourceConfig,
     attempt: _Attempt | None = None,
     watch: ShardWatch | None = None,
+    *,
+    span: tuple[int, int | None] = (0, None),
+    splitter: Splitter | None = None,
 ) -> LabeledVideo:
-    """Decode `item` at `source`'s fps and label it, raising whatever goes wrong (`label_video` turns
-    the input's faults into an error row; the Python API lets everything reach the caller)."""
+    """Decode `item` at `source`'s fps (annotated positions `span` only) and label it, raising whatever
+    goes wrong (`label_video` turns the input's faults into an error row; the Python API lets
+    everything reach the caller). A video `splitter` splits is opened, not labelled."""
     attempt = attempt or _Attempt(time.perf_counter())
     attempt.data = None if isinstance(item.content, FrameFiles) else item.read_bytes()
     attempt.stream = stream = open_video(
@@ -113,8 +132,14 @@ def run_video(
         fps=source.fps,
         max_frames=source.max_frames,
         prefetch_frames=source.prefetch_frames,
+        start=span[0],
+        stop=span[1],
     )
     opened = time.perf_counter() - attempt.t0
+    if splitter is not None and (split := splitter(item, stream, attempt.data)) is not None:
+        stream.close()
+        record = VideoRecord(item.key, item.original_key, item.source_uri, **_stream_fields(stream, attempt.data))
+        return LabeledVideo(record, [], split=split)
     if watch is not None:
         watch.stream_opened(stream)
     with stream:
@@ -145,33 +170,64 @@ def process_shard(
     write_video: bool = False,
     extra: Mapping[str, Any] | None = None,
     watch: ShardWatch | None = None,
+    split: SplitConfig | None = None,
 ) -> ShardResult:
     """Label every video of `shard` and commit its output shard under `output_uri`.
 
-    `watch` sees the shard as it goes (see `ShardWatch`); `extra` goes into the `_done` marker.
+    `watch` sees the shard as it goes (see `ShardWatch`); `extra` goes into the `_done` marker. With
+    `split`, a video longer than a chunk and its overlap is left out of the shard: its plan is written
+    (masklet.jobs.split) and returned in `splits`, for its chunks to be labelled as units of their own.
     Raises, committing nothing, if the shard cannot be read or written or a video fails for a reason
     that is not its own.
     """
     watch = watch or ShardWatch()
     failed: list[tuple[str, str, str]] = []
+    splits: list[SplitVideo] = []
     keys: set[str] = set()
+    splitter = _splitter(shard, split, source) if split is not None and split.chunk_seconds is not None else None
     writer = ShardWriter(output_uri, shard.id, model=model, config_hash=config_hash, write_video=write_video)
     with writer:
         for item in iter_videos(shard, source.max_member_bytes):
             watch.video_started(item.key)
-            video = label_video(item, pipeline, source, watch)
+            video = label_video(item, pipeline, source, watch, splitter=splitter)
+            if video.split is not None:
+                write_plan(output_uri, video.split)
+                splits.append(video.split)
+                keys.add(video.record.video_key)
+                continue
             video.record = _unique_key(video.record, keys)
-            video = _add(writer, video, item)
+            video = write_labeled(writer, video, item)
             keys.add(video.record.video_key)
             if video.record.status == "error":
                 failed.append((video.record.video_key, video.record.error_type or "", video.record.error or ""))
             watch.video_done(video)
         watch.before_commit()
-        marker = writer.commit(extra={"host": socket.gethostname(), **dict(extra or {})})
-    return ShardResult(shard.id, marker["counts"], marker["seconds"], failed)
+        split_ids = {"split_videos": [s.split_id for s in splits]} if splits else {}
+        marker = writer.commit(extra={"host": socket.gethostname(), **dict(extra or {}), **split_ids})
+    return ShardResult(shard.id, marker["counts"], marker["seconds"], failed, splits=splits)
 
 
-def _add(writer: ShardWriter, video: LabeledVideo, item: VideoInput | VideoError) -> LabeledVideo:
+def _splitter(shard: Shard, config: SplitConfig, source: SourceConfig) -> Splitter:
+    """Split a video of `shard` whose annotated frames (from its header) outlast a chunk and its overlap."""
+
+    def split(item: VideoInput, stream: VideoStream, data: bytes | None) -> SplitVideo | None:
+        fields = _stream_fields(stream, data)
+        del fields["frame_indices"]
+        video = {"video_key": item.key, "original_key": item.original_key, "source_uri": item.source_uri, **fields}
+        return plan_split(
+            config,
+            source,
+            shard,
+            item.key,
+            annotated_fps=fields["fps"] / stream.stride,
+            positions=math.ceil(stream.frame_count / stream.stride),
+            video=video,
+        )
+
+    return split
+
+
+def write_labeled(writer: ShardWriter, video: LabeledVideo, item: VideoInput | VideoError | None) -> LabeledVideo:
     """Hand a video to the writer; output the writer refuses (the pipeline broke the schema) is an error row."""
     ext = item.ext if isinstance(item, VideoInput) and item.ext else "mp4"
     try:
@@ -181,13 +237,13 @@ def _add(writer: ShardWriter, video: LabeledVideo, item: VideoInput | VideoError
             raise
         log.error("video %s: the pipeline's output was refused: %s", video.record.video_key, exc)
         r = video.record
-        record = _error_row(r.video_key, r.original_key, r.source_uri, "InvalidOutput", str(exc))
+        record = error_row(r.video_key, r.original_key, r.source_uri, "InvalidOutput", str(exc))
         writer.add_video(record)
         return LabeledVideo(record, [])
     return video
 
 
-def _error_row(key: str, original_key: str, source_uri: str, error_type: str, error: str, **known: Any) -> VideoRecord:
+def error_row(key: str, original_key: str, source_uri: str, error_type: str, error: str, **known: Any) -> VideoRecord:
     error = printable_message(error)
     return VideoRecord(key, original_key, source_uri, status="error", error=error, error_type=error_type, **known)
 

@@ -22,10 +22,11 @@ import torch
 
 from masklet.config import JobConfig
 from masklet.io import storage
-from masklet.io.sources import Shard
 from masklet.io.video import VideoStream
+from masklet.jobs.chunks import process_chunk, stitch_split
 from masklet.jobs.metrics import WorkerMetrics
 from masklet.jobs.shard import LabeledVideo, ShardResult, ShardWatch, process_shard
+from masklet.jobs.split import ChunkUnit, StitchUnit, WorkUnit
 from masklet.model.device import resolve_device
 from masklet.pipelines.contract import make_pipeline
 from masklet.pipelines.model_loading import load_model
@@ -37,8 +38,8 @@ class _Tally(ShardWatch):
     """The shard in hand as `poll()` reports it from the driver's thread: counts of the videos done, the
     frames of the video being decoded, and how long that video has taken (the driver's hang limit)."""
 
-    def __init__(self, worker: ShardWorker, shard_id: str | None = None) -> None:
-        self.worker, self.shard_id = worker, shard_id
+    def __init__(self, worker: ShardWorker, shard_id: str | None = None, *, chunk: bool = False) -> None:
+        self.worker, self.shard_id, self.chunk = worker, shard_id, chunk
         self.videos = self.videos_error = self.frames = self.masklets = self.masklets_kept = 0
         self.video_key: str | None = None
         self.video_since = self.shard_started = time.monotonic()
@@ -53,6 +54,10 @@ class _Tally(ShardWatch):
 
     def video_done(self, video: LabeledVideo) -> None:
         record, masklets = video.record, video.masklets
+        if self.chunk:  # a chunk's frames count in progress when it is in (overlap aside), not here
+            with self.worker.lock:
+                self.stream, self.video_key = None, None
+            return
         with self.worker.lock:
             self.videos += 1
             self.videos_error += record.status == "error"
@@ -120,22 +125,38 @@ class ShardWorker:
         with self.lock:
             return self._tally.report()
 
-    def process(self, shard: Shard, attempt: int) -> ShardResult:
-        """Label every video of `shard` and commit its output shard; raises if the shard cannot be done."""
+    def process(self, unit: WorkUnit, attempt: int) -> ShardResult:
+        """Do one unit of work: label every video of a shard and commit its output shard, label a chunk
+        of a split video, or stitch one; raises if it cannot be done."""
         with self.lock:
-            self._tally = _Tally(self, shard.id)
-        output = self.config.output
-        result = process_shard(
-            shard,
-            self.pipeline,
-            source=self.config.source,
-            output_uri=output.uri,
-            model=self.config.model.name,
-            config_hash=self.job_hash,
-            write_video=output.write_video,
-            extra={"worker": self.name, "attempt": attempt, "run_id": self.run_id},
-            watch=self._tally,
-        )
+            self._tally = _Tally(self, unit.id, chunk=isinstance(unit, ChunkUnit))
+        config, output = self.config, self.config.output
+        common = {"output_uri": output.uri, "model": config.model.name, "config_hash": self.job_hash}
+        extra = {"worker": self.name, "attempt": attempt, "run_id": self.run_id}
+        if isinstance(unit, ChunkUnit):
+            result = process_chunk(unit, self.pipeline, source=config.source, watch=self._tally, extra=extra, **common)
+        elif isinstance(unit, StitchUnit):
+            self.check_node()
+            result = stitch_split(
+                unit,
+                source=config.source,
+                filters=config.filters,
+                min_iou=config.split.min_iou,
+                write_video=output.write_video,
+                extra=extra,
+                **common,
+            )
+        else:
+            result = process_shard(
+                unit,
+                self.pipeline,
+                source=config.source,
+                write_video=output.write_video,
+                extra=extra,
+                watch=self._tally,
+                split=config.split,
+                **common,
+            )
         self.metrics.shards.inc()
         result.worker, result.attempt = self.name, attempt
         return result

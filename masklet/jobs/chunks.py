@@ -1,0 +1,151 @@
+"""The work of a split video's units, without Ray: label one chunk; stitch the chunks and commit the video.
+
+`process_chunk` labels annotated positions `spans[k]` of the video (its first frame sought, not
+decoded from the start) with the job's pipeline and stages the chunk's masklets and row
+(masklet.jobs.split has the layout); the chunk's own faults become an error row there, as a video's
+do. `stitch_split` joins the chunks (masklet.pipelines.stitching), filters the joined masklets with
+the job's `filters` (the chunks' decisions are dropped: a chunk sees only part of each masklet) and
+commits the video as an output shard of its own, then removes the staging. A chunk's error row makes
+the video an error row. Importing this module loads neither Ray nor torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from masklet.config import FiltersConfig, SourceConfig
+from masklet.io import storage
+from masklet.io.schema import MaskletRecord, VideoRecord, masklets_table
+from masklet.io.sinks import ShardWriter
+from masklet.io.sources import VideoError, VideoInput, iter_videos
+from masklet.io.storage import StorageError
+from masklet.jobs import split as splits
+from masklet.jobs.shard import LabeledVideo, ShardResult, ShardWatch, error_row, label_video, write_labeled
+from masklet.jobs.split import ChunkUnit, SplitVideo, StitchUnit
+from masklet.pipelines.contract import VideoPipeline
+from masklet.pipelines.filters import apply_filters
+from masklet.pipelines.stitching import stitch
+
+log = logging.getLogger(__name__)
+
+_MASKLET_FIELDS = [f.name for f in dataclasses.fields(MaskletRecord)]
+
+
+def process_chunk(
+    unit: ChunkUnit,
+    pipeline: VideoPipeline,
+    *,
+    source: SourceConfig,
+    output_uri: str,
+    model: str,
+    config_hash: str,
+    watch: ShardWatch | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> ShardResult:
+    """Label chunk `unit.index` of its video and stage its masklets and row (with `extra`, who labelled
+    it, which the video's marker lists); raises, staging nothing complete, if that cannot be done for
+    a reason that is not the video's."""
+    watch = watch or ShardWatch()
+    split, index = unit.split, unit.index
+    start, stop = split.spans[index]
+    watch.video_started(split.video_key)
+    item = _find(split, source)
+    video = label_video(item, pipeline, source, watch, span=(start, stop))
+    table = masklets_table(video.masklets, model=model, config_hash=config_hash)
+    with storage.staged_file(splits.chunk_uri(output_uri, split, index, "parquet")) as stage:
+        pq.write_table(table, stage, compression="zstd")
+    watch.before_commit()
+    row = {"video": dataclasses.asdict(video.record), "by": {"host": socket.gethostname(), **dict(extra or {})}}
+    storage.write_bytes(splits.chunk_uri(output_uri, split, index, "json"), json.dumps(row).encode())  # last
+    watch.video_done(LabeledVideo(video.record, []))
+    r = video.record
+    own = len(r.frame_indices) if index + 1 == len(split.spans) else split.spans[index + 1][0] - start
+    counts = dict.fromkeys(("videos", "videos_ok", "videos_error", "masklets", "masklets_kept"), 0)
+    counts["frames_processed"] = min(own, len(r.frame_indices))  # the overlap counts in the next chunk
+    seconds = {"decode": r.decode_seconds, "model": r.model_seconds, "videos": r.total_seconds}
+    return ShardResult(unit.id, counts, seconds)
+
+
+def stitch_split(
+    unit: StitchUnit,
+    *,
+    source: SourceConfig,
+    filters: FiltersConfig,
+    min_iou: float,
+    output_uri: str,
+    model: str,
+    config_hash: str,
+    write_video: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> ShardResult:
+    """Join the chunks of `unit.split` and commit the video as output shard `split_id`."""
+    split = unit.split
+    t0 = time.perf_counter()
+    docs = [json.loads(_read(output_uri, split, k, "json")) for k in range(len(split.spans))]
+    rows = [VideoRecord(**doc["video"]) for doc in docs]
+    failed = next((k for k, r in enumerate(rows) if r.status == "error"), None)
+    v = split.video
+    if failed is not None:
+        start, stop = split.spans[failed]
+        error = f"chunk {failed} (annotated frames {start} to {'the end' if stop is None else stop - 1}): "
+        record = error_row(v["video_key"], v["original_key"], v["source_uri"], rows[failed].error_type or "", error)
+        record.error = error + (rows[failed].error or "")
+        masklets: list[MaskletRecord] = []
+        boundaries: list[dict[str, int]] = []
+    else:
+        chunks = [_chunk_masklets(output_uri, split, k) for k in range(len(split.spans))]
+        joined, between = stitch(split.video_key, chunks, [r.frame_indices for r in rows], min_iou)
+        masklets = apply_filters(joined, filters)
+        boundaries = [dataclasses.asdict(b) for b in between]
+        record = VideoRecord(
+            **v,
+            frame_indices=sorted({f for r in rows for f in r.frame_indices}),
+            frames_decoded=sum(r.frames_decoded or 0 for r in rows),
+            decode_seconds=sum(r.decode_seconds for r in rows),
+            model_seconds=sum(r.model_seconds for r in rows),
+            total_seconds=sum(r.total_seconds for r in rows) + time.perf_counter() - t0,
+        )
+    item = _find(split, source) if write_video and failed is None else None
+    data = item.read_bytes() if isinstance(item, VideoInput) else None
+    writer = ShardWriter(output_uri, split.split_id, model=model, config_hash=config_hash, write_video=write_video)
+    with writer:
+        video = write_labeled(writer, LabeledVideo(record, masklets, data), item)
+        about = {"of_shard": split.shard.id, "chunks_by": [doc["by"] for doc in docs], "boundaries": boundaries}
+        marker = writer.commit(extra={"host": socket.gethostname(), **dict(extra or {}), "split": about})
+    try:
+        splits.remove(output_uri, split)
+    except StorageError as exc:  # committed: a later run removes what is left
+        log.warning("split video %s: its staging could not be removed: %s", split.split_id, exc)
+    r = video.record
+    failures = [(r.video_key, r.error_type or "", r.error or "")] if r.status == "error" else []
+    counts = {**marker["counts"], "frames_processed": 0}  # its chunks counted the frames as they were done
+    return ShardResult(split.split_id, counts, marker["seconds"], failures)
+
+
+def _find(split: SplitVideo, source: SourceConfig) -> VideoInput | VideoError:
+    """The split video, from its input shard (read up to it); an error where the shard no longer has it."""
+    for item in iter_videos(split.shard, source.max_member_bytes):
+        if item.key == split.video_key:
+            return item
+    v = split.video
+    reason = f"the video is no longer in input shard {split.shard.id} ({split.shard.uri})"
+    return VideoError(v["video_key"], v["source_uri"], reason, v["original_key"])
+
+
+def _read(output_uri: str, split: SplitVideo, index: int, ext: str) -> bytes:
+    return storage.read_bytes(splits.chunk_uri(output_uri, split, index, ext))
+
+
+def _chunk_masklets(output_uri: str, split: SplitVideo, index: int) -> list[MaskletRecord]:
+    uri = splits.chunk_uri(output_uri, split, index, "parquet")
+    fs, path = storage.url_to_fs(uri)
+    table = storage.call("read", uri, pq.read_table, path, filesystem=fs, columns=_MASKLET_FIELDS)
+    return [MaskletRecord(**m) for m in table.to_pylist()]
