@@ -14,7 +14,7 @@ import webdataset
 
 from masklet.io import rle, storage
 from masklet.io.schema import MASKLETS_SCHEMA, VIDEOS_SCHEMA, MaskletRecord, VideoRecord
-from masklet.io.sinks import ShardWriter, is_done, list_done
+from masklet.io.sinks import ShardWriter, is_done, list_done, write_sav_annotation
 from masklet.io.tars import MAX_KEY_LENGTH, is_safe_key, sanitize_key
 
 H, W = 17, 33  # odd sizes catch row/column-major slips
@@ -183,7 +183,7 @@ def test_masklet_rows_leave_memory_as_row_groups_and_read_back_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows wait only until ROW_GROUP_BYTES of RLE strings, then go to the staged file: with a tiny bound each
-    video's masklets are a row group of their own, and the shard reads back as one written whole."""
+    masklet is a row group of its own, and the shard reads back as one written whole."""
     from masklet.io import sinks
 
     whole = str(tmp_path / "whole")
@@ -197,7 +197,7 @@ def test_masklet_rows_leave_memory_as_row_groups_and_read_back_the_same(
             assert writer._pending == []  # written out, nothing held
         writer.commit()
     files = [pq.ParquetFile(f"{root}/masklets/shard-000000.parquet") for root in (whole, streamed)]
-    assert [f.num_row_groups for f in files] == [1, len(KEYS)]
+    assert [f.num_row_groups for f in files] == [1, 3 * 2]  # KEYS' two videos with masklets, 3 each
     assert files[0].read().equals(files[1].read())
     videos = [pq.read_table(f"{root}/videos/shard-000000.parquet").to_pylist() for root in (whole, streamed)]
     assert [(v["num_masklets"], v["num_kept"]) for v in videos[1]] == [(3, 2), (3, 2)]
@@ -380,3 +380,31 @@ def test_sav_frames_cover_the_video_and_late_masklets_are_padded(tmp_path: Path)
     assert doc["masklet_stability_score"] == [[0.0], [0.0], [0.5], [0.5], [0.5]]  # [frame][object]
     assert doc["masklet_first_appeared_frame"] == [2]  # the third annotated frame (video frame 8)
     assert docs["still"]["masklet"] == [[], [], []] and docs["still"]["masklet_id"] == []
+
+
+def test_a_streamed_video_is_written_as_add_video_writes_it(tmp_path: Path) -> None:
+    """A stitched video's masklets come one at a time with a document written elsewhere: same files."""
+    video, records, _ = _video("vid-0", seed=0)
+    roots = {how: str(tmp_path / how) for how in ("listed", "streamed")}
+    for how, root in roots.items():
+        with ShardWriter(root, "shard-000000", model="sam2.1_hiera_t", config_hash="abc123") as writer:
+            if how == "listed":
+                writer.add_video(video, records)
+            else:
+                writer.add_streamed_video(video, iter(records), lambda out: write_sav_annotation(out, video, records))
+            writer.commit()
+    for name in ("masklets/shard-000000.parquet", "wds/shard-000000.tar"):
+        listed, streamed = (Path(root, name).read_bytes() for root in roots.values())
+        assert listed == streamed, name
+    videos = [pq.read_table(f"{root}/videos/shard-000000.parquet").drop(["total_seconds"]) for root in roots.values()]
+    assert videos[0].equals(videos[1])
+    stranger = dataclasses.replace(records[0], video_key="other")
+    with ShardWriter(str(tmp_path / "refused"), "shard-000000", model="m", config_hash="h") as writer:
+        with pytest.raises(ValueError, match="does not belong to video"):
+            writer.add_streamed_video(video, iter([stranger]), lambda out: None)
+        with pytest.raises(ValueError, match="repeated masklet id"):
+            writer.add_streamed_video(
+                dataclasses.replace(video, video_key="vid-1"),
+                iter([dataclasses.replace(r, video_key="vid-1") for r in records[:1] * 2]),
+                lambda out: None,
+            )

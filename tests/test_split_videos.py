@@ -33,7 +33,8 @@ from masklet.jobs import split as splits
 from masklet.jobs.chunks import process_chunk, stitch_split
 from masklet.jobs.shard import process_shard
 from masklet.jobs.split import ChunkUnit, SplitQueue, SplitVideo, StitchUnit, spans
-from masklet.pipelines.stitching import stitch
+from masklet.pipelines.filters import apply_filters
+from masklet.pipelines.stitching import Boundary, Stitched, plan_stitch
 from masklet.synth.corpus import write_corpus
 
 # 120 frames at 24 fps, every frame annotated: chunks of 24 frames running 6 into the next
@@ -132,12 +133,23 @@ def _masklet(masklet_id: int, frames: range, x: Iterator[int] | int, score: floa
     )
 
 
+def _stitch(
+    chunks: list[list[MaskletRecord]], frames: list[range], min_iou: float, filters: FiltersConfig | None = None
+) -> tuple[list[MaskletRecord], list[Boundary]]:
+    """Stitch in-memory chunks as a stitch unit does its chunk files; every masklet kept by default."""
+    plan = plan_stitch(lambda k: chunks[k], frames, min_iou)
+    by_id = [{m.masklet_id: m for m in chunk} for chunk in chunks]
+    stitched = Stitched("v", plan, lambda k: chunks[k], lambda k, i: by_id[k][i])
+    filters = filters or FiltersConfig(min_visible_frames=0, dedup_iou=None)
+    return list(stitched.records(stitched.judge(filters))), plan.boundaries
+
+
 def test_a_masklet_keeps_its_id_across_a_boundary_each_chunk_giving_half_the_overlap() -> None:
     first = [_masklet(1, range(0, 10), 0, 0.1), _masklet(2, range(0, 10), 30, 0.1)]
     second = [_masklet(1, range(6, 16), 31, 0.2), _masklet(2, range(6, 16), 1, 0.2)]  # the other order
-    joined, (boundary,) = stitch("v", [first, second], [range(0, 10), range(6, 16)], min_iou=0.5)
+    joined, (boundary,) = _stitch([first, second], [range(0, 10), range(6, 16)], min_iou=0.5)
     assert [m.masklet_id for m in joined] == [1, 2]
-    assert (boundary.shared_frames, boundary.matched, boundary.ended, boundary.started) == (4, 2, 0, 0)
+    assert (boundary.cut, boundary.shared_frames, boundary.matched, boundary.ended, boundary.started) == (8, 4, 2, 0, 0)
     left, right = joined
     assert left.frame_indices == list(range(16)) and right.frame_indices == list(range(16))
     assert left.pred_iou == pytest.approx([0.1] * 8 + [0.2] * 8), "cut in the middle of frames 6..9"
@@ -145,25 +157,25 @@ def test_a_masklet_keeps_its_id_across_a_boundary_each_chunk_giving_half_the_ove
     assert left.edit_count == 1 + 2 and left.num_visible == 16
 
 
-def test_unmatched_masklets_end_and_start_at_the_boundary_keeping_their_frames() -> None:
+def test_unmatched_masklets_end_and_start_at_the_cut() -> None:
     first = [_masklet(1, range(0, 10), 0, 0.1), _masklet(2, range(0, 8), 40, 0.1)]
     second = [_masklet(1, range(6, 16), 3, 0.2), _masklet(2, range(6, 16), 20, 0.2)]  # IoU 5/11 with x=0
-    joined, (boundary,) = stitch("v", [first, second], [range(0, 10), range(6, 16)], min_iou=0.5)
+    joined, (boundary,) = _stitch([first, second], [range(0, 10), range(6, 16)], min_iou=0.5)
     assert (boundary.matched, boundary.ended, boundary.started) == (0, 2, 2)
     assert [(m.masklet_id, m.frame_indices[0], m.frame_indices[-1]) for m in joined] == [
-        (1, 0, 9),
+        (1, 0, 7),
         (2, 0, 7),
-        (3, 6, 15),
-        (4, 6, 15),
-    ]
-    loose, _ = stitch("v", [first, second], [range(0, 10), range(6, 16)], min_iou=0.4)
-    assert [m.masklet_id for m in loose] == [1, 2, 3], "at 0.4 the shifted box continues masklet 1"
+        (3, 8, 15),
+        (4, 8, 15),
+    ], "each frame's labels come from one chunk"
+    loose, _ = _stitch([first, second], [range(0, 10), range(6, 16)], min_iou=0.4)
+    assert [(m.masklet_id, len(m.frame_indices)) for m in loose] == [(1, 16), (2, 8), (3, 8)], "0.4: x=3 goes on"
 
 
 def test_one_to_one_matching_does_not_give_two_masklets_one_id() -> None:
     first = [_masklet(1, range(0, 10), 10, 0.1)]
     second = [_masklet(1, range(6, 16), 10, 0.2), _masklet(2, range(6, 16), 10, 0.2)]
-    joined, (boundary,) = stitch("v", [first, second], [range(0, 10), range(6, 16)], min_iou=0.5)
+    joined, (boundary,) = _stitch([first, second], [range(0, 10), range(6, 16)], min_iou=0.5)
     assert (boundary.matched, boundary.started) == (1, 1) and [m.masklet_id for m in joined] == [1, 2]
 
 
@@ -172,13 +184,36 @@ def test_an_id_runs_through_every_chunk_and_a_masklet_empty_on_an_overlap_ends()
     through = [_masklet(1, f, 5, 0.1 * (k + 1)) for k, f in enumerate(frames)]
     gone = _masklet(2, range(0, 10), iter([30] * 6 + [None] * 4), 0.1)  # not seen on the overlap
     back = _masklet(2, range(6, 16), iter([None] * 4 + [30] * 6), 0.2)
-    joined, boundaries = stitch("v", [[through[0], gone], [through[1], back], [through[2]]], frames, min_iou=0.5)
+    joined, boundaries = _stitch([[through[0], gone], [through[1], back], [through[2]]], frames, min_iou=0.5)
     assert [(m.masklet_id, m.frame_indices[0], m.frame_indices[-1]) for m in joined] == [
         (1, 0, 21),
-        (2, 0, 9),
-        (3, 6, 15),
+        (2, 0, 7),
+        (3, 8, 13),
     ]
-    assert [(b.matched, b.ended, b.started) for b in boundaries] == [(1, 1, 1), (1, 1, 0)]
+    assert [(b.cut, b.matched, b.ended, b.started) for b in boundaries] == [(8, 1, 1, 1), (14, 1, 1, 0)]
+
+
+def test_the_stitchs_verdicts_are_the_filters_on_the_whole_list() -> None:
+    """Judged chunk by chunk (the duplicate filter's tube IoUs summed over chunks) = `apply_filters`."""
+    frames = [range(0, 10), range(6, 16), range(12, 22)]
+    rng = np.random.default_rng(0)
+    chunks = []
+    for f in frames:
+        xs = [int(x) for x in rng.integers(0, 8, 5)]
+        chunks.append(
+            [
+                _masklet(i + 1, f, iter([x + int(d) for d in rng.integers(0, 3, 10)]), 0.5 + 0.1 * i)
+                for i, x in enumerate(xs)
+            ]
+        )
+    for filters in (
+        FiltersConfig(dedup_iou=0.5),
+        FiltersConfig(dedup_iou=0.3, min_visible_frames=9),
+        FiltersConfig(min_stability_mean=0.65, dedup_iou=0.6),
+    ):
+        joined, _ = _stitch(chunks, frames, min_iou=0.5, filters=filters)
+        assert any(not m.kept for m in joined) and any(m.kept for m in joined)
+        assert joined == apply_filters(joined, filters)
 
 
 # ---- a shard, its chunks and the stitch, without Ray

@@ -7,6 +7,7 @@
     wds/{shard}.tar             SA-V annotation JSON per video [+ the video bytes]
     _done/{shard}.json          the shard's commit marker, written last
     _manifest/{split}/{shard}.jsonl   a manifest input's rows, split by shard when the job was planned
+    _split/{shard}.{key}/       a long video labelled in chunks, until it is stitched (masklet.jobs.split)
 """
 
 from __future__ import annotations

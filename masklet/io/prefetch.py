@@ -29,6 +29,10 @@ class _Failure:
         self.exc = exc
 
 
+def _nothing() -> Iterator[T]:
+    return iter(())
+
+
 class Prefetcher(Generic[T]):
     """Iterate `make()` in a daemon thread started on first iteration; iterate once, then close."""
 
@@ -56,10 +60,15 @@ class Prefetcher(Generic[T]):
             self.close()
 
     def close(self) -> None:
-        """Stop the producer and wait for its thread to end; safe to call more than once."""
+        """Stop the producer and wait for its thread to end; safe to call more than once. The items still
+        queued and the producer (often a bound method of this prefetcher's owner: a reference cycle) are
+        let go, so what they hold (decoded frames, a decoder) is freed now, not at a garbage collection."""
         self._stop.set()
         if self._thread.ident is not None and self._thread is not threading.current_thread():
             self._thread.join()
+            while not self._queue.empty():
+                self._queue.get_nowait()
+        self._make = _nothing
 
     def _produce(self) -> None:
         try:

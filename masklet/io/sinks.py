@@ -23,7 +23,8 @@ import re
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, BinaryIO
 
@@ -50,23 +51,48 @@ _VIDEO_EXT = re.compile(r"[a-z0-9]{1,5}")
 ROW_GROUP_BYTES = 64 * 2**20
 
 
+@dataclass(frozen=True)
+class SavObject:
+    """What a video's SA-V document says of one kept masklet besides its masks."""
+
+    masklet_id: int
+    source: str
+    edited_frames: int  # a person's count where the masklet was reviewed (`MaskletRecord.edited_frames`)
+    review_verdict: str | None = None
+
+    @classmethod
+    def of(cls, masklet: MaskletRecord) -> SavObject:
+        return cls(masklet.masklet_id, masklet.source, masklet.edited_frames, masklet.review_verdict)
+
+
+# Per annotated frame, each kept masklet's counts and stability there (`sav.write`'s rows).
+SavRows = Iterable[tuple[Sequence[str], Sequence[float]]]
+
+
 def write_sav_annotation(out: BinaryIO, video: VideoRecord, masklets: Sequence[MaskletRecord]) -> None:
     """Write the SA-V annotation of a video with its kept masklets to `out`, frame by frame.
 
     Its frames are the video's annotated frames plus any frame a masklet of the video has; a kept
-    masklet gets an empty mask (and stability 0) on frames it was not tracked on. `video_id` is the
-    sanitised key (the tar member name); `original_key` and `source_uri` say where it came from.
-    Edited frames are a person's where the masklet was reviewed (`MaskletRecord.edited_frames`).
+    masklet gets an empty mask (and stability 0) on frames it was not tracked on.
     """
     kept = [m for m in masklets if m.kept]
     axis = sorted(set(video.frame_indices).union(*(m.frame_indices for m in masklets)))
-    height, width = int(video.height), int(video.width)
+    rows = _sav_rows(axis, kept, empty_counts(int(video.height), int(video.width)))
+    write_sav_rows(out, video, [SavObject.of(m) for m in kept], axis, rows)
+
+
+def write_sav_rows(
+    out: BinaryIO, video: VideoRecord, kept: Sequence[SavObject], axis: Sequence[int], rows: SavRows
+) -> None:
+    """Write the SA-V annotation of a video from its kept masklets' `rows` on the frames of `axis`, read
+    once (a stitched video's, which are never in memory together). `video_id` is the sanitised key
+    (the tar member name); `original_key` and `source_uri` say where it came from."""
     sav.write(
         out,
         video.video_key,
-        _sav_rows(axis, kept, empty_counts(height, width)),
-        height=height,
-        width=width,
+        rows,
+        height=int(video.height),
+        width=int(video.width),
         fps=float(video.fps),
         frame_indices=axis,
         # container metadata can undercount frames; never claim fewer than were annotated
@@ -173,18 +199,34 @@ class ShardWriter:
         self._check_open()
         self._check_video(video, masklets, video_bytes, video_ext)
         if video.status == "ok":
-            with tempfile.TemporaryFile() as doc:  # a long video's document is never in memory whole
-                write_sav_annotation(doc, video, masklets)
-                self._add_member(f"{video.video_key}.json", doc)
-            if self.write_video:
-                self._add_member(f"{video.video_key}.{video_ext}", io.BytesIO(video_bytes))
-        self._keys.add(video.video_key)
-        self._videos.append(video)
-        self._masklet_counts[video.video_key] = (len(masklets), sum(m.kept for m in masklets))
-        self._pending.extend(masklets)
-        self._pending_bytes += sum(len(counts) for m in masklets for counts in m.rle)
-        if self._pending_bytes >= ROW_GROUP_BYTES:
-            self._write_row_group()
+            self._add_document(video, lambda out: write_sav_annotation(out, video, masklets), video_bytes, video_ext)
+        self._add_rows(video, masklets)
+
+    def add_streamed_video(
+        self,
+        video: VideoRecord,
+        masklets: Iterable[MaskletRecord],
+        write_document: Callable[[BinaryIO], None],
+        *,
+        video_bytes: bytes | None = None,
+        video_ext: str = "mp4",
+    ) -> None:
+        """`add_video` for an ok video whose masklets are never held together (a stitched video): its
+        SA-V JSON is what `write_document` writes (`write_sav_rows`), then its masklet rows are taken one
+        at a time. A masklet refused here fails the shard (the document is in the tar already)."""
+        self._check_open()
+        if video.status != "ok":
+            raise ValueError(f"video {video.original_key!r}: only an ok video's masklets are streamed")
+        self._check_video(video, (), video_bytes, video_ext)
+        self._add_document(video, write_document, video_bytes, video_ext)
+        ids: set[int] = set()
+
+        def checked() -> Iterator[MaskletRecord]:
+            for m in masklets:
+                self._check_masklet(video, m, ids)
+                yield m
+
+        self._add_rows(video, checked())
 
     def commit(self, extra: Mapping[str, Any] | None = None, seconds: Mapping[str, float] | None = None) -> dict:
         """Publish the shard's files, then its marker; return the marker (with `extra` under "extra").
@@ -239,6 +281,29 @@ class ShardWriter:
         if not self._open:
             raise RuntimeError(f"shard {self.shard_id} writer is closed (committed or aborted)")
 
+    def _add_document(
+        self, video: VideoRecord, write: Callable[[BinaryIO], None], video_bytes: bytes | None, video_ext: str
+    ) -> None:
+        """An ok video's tar members: its SA-V JSON (`write` fills it), with `write_video` its bytes."""
+        with tempfile.TemporaryFile() as doc:  # a long video's document is never in memory whole
+            write(doc)
+            self._add_member(f"{video.video_key}.json", doc)
+        if self.write_video:
+            self._add_member(f"{video.video_key}.{video_ext}", io.BytesIO(video_bytes))
+
+    def _add_rows(self, video: VideoRecord, masklets: Iterable[MaskletRecord]) -> None:
+        """The video's row and its masklet rows, a row group whenever ROW_GROUP_BYTES of RLEs wait."""
+        self._keys.add(video.video_key)
+        self._videos.append(video)
+        total = kept = 0
+        for m in masklets:
+            total, kept = total + 1, kept + m.kept
+            self._pending.append(m)
+            self._pending_bytes += sum(len(counts) for counts in m.rle)
+            if self._pending_bytes >= ROW_GROUP_BYTES:
+                self._write_row_group()
+        self._masklet_counts[video.video_key] = (total, kept)
+
     def _check_video(
         self, video: VideoRecord, masklets: Sequence[MaskletRecord], video_bytes: bytes | None, video_ext: str
     ) -> None:
@@ -256,11 +321,20 @@ class ShardWriter:
         if len(set(ids)) != len(ids):
             raise ValueError(f"video {video.original_key!r} has repeated masklet ids {sorted(ids)}")
         for m in masklets:
-            if m.video_key != key or (m.height, m.width) != (video.height, video.width):
-                raise ValueError(
-                    f"masklet {m.masklet_id} ({m.video_key!r}, {m.height}x{m.width}) does not belong to video "
-                    f"{key!r} ({video.height}x{video.width})"
-                )
+            self._check_masklet(video, m)
+
+    @staticmethod
+    def _check_masklet(video: VideoRecord, m: MaskletRecord, ids: set[int] | None = None) -> None:
+        """`m` is of `video` (key and size); with `ids` (those seen so far), its id is new."""
+        if m.video_key != video.video_key or (m.height, m.width) != (video.height, video.width):
+            raise ValueError(
+                f"masklet {m.masklet_id} ({m.video_key!r}, {m.height}x{m.width}) does not belong to video "
+                f"{video.video_key!r} ({video.height}x{video.width})"
+            )
+        if ids is not None:
+            if m.masklet_id in ids:
+                raise ValueError(f"video {video.original_key!r} has repeated masklet id {m.masklet_id}")
+            ids.add(m.masklet_id)
 
     def _add_member(self, name: str, data: BinaryIO) -> None:
         """A member holding all of `data` (a file or buffer, read from its start)."""
@@ -343,9 +417,7 @@ def fingerprint(path: str) -> tuple[int, str]:
     return os.path.getsize(path), digest.hexdigest()
 
 
-def is_done(
-    output_uri: str, shard_id: str, *, retry: RetryPolicy | None = None
-) -> bool:
+def is_done(output_uri: str, shard_id: str, *, retry: RetryPolicy | None = None) -> bool:
     """Whether the shard's commit marker exists (fresh from the store, not from a listing cache)."""
     uri = storage.join(output_uri, shard_files(shard_id)["done"])
     fs, path = storage.url_to_fs(uri)

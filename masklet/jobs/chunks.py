@@ -5,8 +5,10 @@ decoded from the start) with the job's pipeline and stages the chunk's masklets 
 (masklet.jobs.split has the layout); the chunk's own faults become an error row there, as a video's
 do. `stitch_split` joins the chunks (masklet.pipelines.stitching), filters the joined masklets with
 the job's `filters` (the chunks' decisions are dropped: a chunk sees only part of each masklet) and
-commits the video as an output shard of its own, then removes the staging. A chunk's error row makes
-the video an error row. Importing this module loads neither Ray nor torch.
+commits the video as an output shard of its own, then removes the staging. It reads copies of the
+chunks' files in a local temporary folder and holds at most two chunks or one stitched masklet, so
+its memory follows the chunk length and the longest masklet, not the video. A chunk's error row
+makes the video an error row. Importing this module loads neither Ray nor torch.
 """
 
 from __future__ import annotations
@@ -14,25 +16,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import socket
+import tempfile
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow.parquet as pq
 
 from masklet.config import FiltersConfig, SourceConfig
 from masklet.io import storage
-from masklet.io.schema import MaskletRecord, VideoRecord, masklets_table
-from masklet.io.sinks import ShardWriter
+from masklet.io.schema import MaskletRecord, VideoRecord, empty_counts, masklets_table
+from masklet.io.sinks import SavObject, ShardWriter, write_sav_rows
 from masklet.io.sources import VideoError, VideoInput, iter_videos
 from masklet.io.storage import StorageError
 from masklet.jobs import split as splits
 from masklet.jobs.shard import LabeledVideo, ShardResult, ShardWatch, error_row, label_video, write_labeled
 from masklet.jobs.split import ChunkUnit, SplitVideo, StitchUnit
 from masklet.pipelines.contract import VideoPipeline
-from masklet.pipelines.filters import apply_filters
-from masklet.pipelines.stitching import stitch
+from masklet.pipelines.stitching import Stitched, plan_stitch
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ def process_chunk(
     video = label_video(item, pipeline, source, watch, span=(start, stop))
     table = masklets_table(video.masklets, model=model, config_hash=config_hash)
     with storage.staged_file(splits.chunk_uri(output_uri, split, index, "parquet")) as stage:
-        pq.write_table(table, stage, compression="zstd")
+        pq.write_table(table, stage, compression="zstd", row_group_size=1)  # a masklet is read alone
     watch.before_commit()
     row = {"video": dataclasses.asdict(video.record), "by": {"host": socket.gethostname(), **dict(extra or {})}}
     storage.write_bytes(splits.chunk_uri(output_uri, split, index, "json"), json.dumps(row).encode())  # last
@@ -86,38 +89,50 @@ def stitch_split(
     write_video: bool = False,
     extra: Mapping[str, Any] | None = None,
 ) -> ShardResult:
-    """Join the chunks of `unit.split` and commit the video as output shard `split_id`."""
+    """Join the chunks of `unit.split` and commit the video as output shard `split_id`; its masklets
+    are never in memory together (masklet.pipelines.stitching)."""
     split = unit.split
     t0 = time.perf_counter()
     docs = [json.loads(_read(output_uri, split, k, "json")) for k in range(len(split.spans))]
     rows = [VideoRecord(**doc["video"]) for doc in docs]
     failed = next((k for k, r in enumerate(rows) if r.status == "error"), None)
-    v = split.video
-    if failed is not None:
-        start, stop = split.spans[failed]
-        error = f"chunk {failed} (annotated frames {start} to {'the end' if stop is None else stop - 1}): "
-        record = error_row(v["video_key"], v["original_key"], v["source_uri"], rows[failed].error_type or "", error)
-        record.error = error + (rows[failed].error or "")
-        masklets: list[MaskletRecord] = []
-        boundaries: list[dict[str, int]] = []
-    else:
-        chunks = [_chunk_masklets(output_uri, split, k) for k in range(len(split.spans))]
-        joined, between = stitch(split.video_key, chunks, [r.frame_indices for r in rows], min_iou)
-        masklets = apply_filters(joined, filters)
-        boundaries = [dataclasses.asdict(b) for b in between]
-        record = VideoRecord(
-            **v,
-            frame_indices=sorted({f for r in rows for f in r.frame_indices}),
-            frames_decoded=sum(r.frames_decoded or 0 for r in rows),
-            decode_seconds=sum(r.decode_seconds for r in rows),
-            model_seconds=sum(r.model_seconds for r in rows),
-            total_seconds=sum(r.total_seconds for r in rows) + time.perf_counter() - t0,
-        )
     item = _find(split, source) if write_video and failed is None else None
     data = item.read_bytes() if isinstance(item, VideoInput) else None
+    ext = item.ext if isinstance(item, VideoInput) and item.ext else "mp4"
     writer = ShardWriter(output_uri, split.split_id, model=model, config_hash=config_hash, write_video=write_video)
-    with writer:
-        video = write_labeled(writer, LabeledVideo(record, masklets, data), item)
+    with writer, tempfile.TemporaryDirectory(prefix="masklet-stitch-") as local:
+        boundaries: list[dict[str, int]] = []
+        if failed is not None:
+            video = write_labeled(writer, LabeledVideo(_failed_row(split, failed, rows[failed]), []), item)
+        elif isinstance(item, VideoError):  # write_video, and the video is gone from its shard
+            v = split.video
+            record = error_row(v["video_key"], v["original_key"], v["source_uri"], "VideoError", item.reason)
+            video = write_labeled(writer, LabeledVideo(record, []), item)
+        else:
+            chunks = _ChunkFiles(output_uri, split, local)
+            frames = [r.frame_indices for r in rows]
+            plan = plan_stitch(chunks.masklets, frames, min_iou)
+            boundaries = [dataclasses.asdict(b) for b in plan.boundaries]
+            stitched = Stitched(split.video_key, plan, chunks.masklets, chunks.masklet)
+            verdicts = stitched.judge(filters)
+            windowed = [[f for f in fs if plan.windows[k][0] <= f < plan.windows[k][1]] for k, fs in enumerate(frames)]
+            record = VideoRecord(
+                **split.video,
+                frame_indices=[f for fs in windowed for f in fs],
+                frames_decoded=sum(r.frames_decoded or 0 for r in rows),
+                decode_seconds=sum(r.decode_seconds for r in rows),
+                model_seconds=sum(r.model_seconds for r in rows),
+                total_seconds=sum(r.total_seconds for r in rows) + time.perf_counter() - t0,
+            )
+            kept = sorted(i for i, v in verdicts.items() if v.reason is None)
+            objects = [SavObject(i, verdicts[i].source, verdicts[i].edit_count) for i in kept]
+            empty = empty_counts(int(record.height), int(record.width))
+
+            def document(out: BinaryIO) -> None:
+                write_sav_rows(out, record, objects, record.frame_indices, stitched.sav_rows(windowed, kept, empty))
+
+            writer.add_streamed_video(record, stitched.records(verdicts), document, video_bytes=data, video_ext=ext)
+            video = LabeledVideo(record, [])
         about = {"of_shard": split.shard.id, "chunks_by": [doc["by"] for doc in docs], "boundaries": boundaries}
         marker = writer.commit(extra={"host": socket.gethostname(), **dict(extra or {}), "split": about})
     try:
@@ -140,12 +155,43 @@ def _find(split: SplitVideo, source: SourceConfig) -> VideoInput | VideoError:
     return VideoError(v["video_key"], v["source_uri"], reason, v["original_key"])
 
 
+def _failed_row(split: SplitVideo, index: int, row: VideoRecord) -> VideoRecord:
+    """The video's error row: a chunk's error, saying which chunk."""
+    start, stop = split.spans[index]
+    where = f"chunk {index} (annotated frames {start} to {'the end' if stop is None else stop - 1}): "
+    v = split.video
+    return error_row(
+        v["video_key"], v["original_key"], v["source_uri"], row.error_type or "", where + (row.error or "")
+    )
+
+
+class _ChunkFiles:
+    """A split video's staged chunk masklets, copied to `local` once and read from there: a chunk whole,
+    or one masklet (each is a row group of its own)."""
+
+    def __init__(self, output_uri: str, split: SplitVideo, local: str) -> None:
+        self.output_uri, self.split, self.local = output_uri, split, local
+        self._groups: dict[int, dict[int, int]] = {}  # chunk -> masklet id -> row group
+
+    def masklets(self, index: int) -> list[MaskletRecord]:
+        return [MaskletRecord(**m) for m in pq.read_table(self._path(index), columns=_MASKLET_FIELDS).to_pylist()]
+
+    def masklet(self, index: int, masklet_id: int) -> MaskletRecord:
+        with pq.ParquetFile(self._path(index)) as f:
+            if index not in self._groups:
+                ids = f.read(columns=["masklet_id"]).column(0).to_pylist()
+                self._groups[index] = {int(i): n for n, i in enumerate(ids)}
+            (row,) = f.read_row_group(self._groups[index][masklet_id], columns=_MASKLET_FIELDS).to_pylist()
+        return MaskletRecord(**row)
+
+    def _path(self, index: int) -> str:
+        path = os.path.join(self.local, f"chunk-{index}.parquet")
+        if not os.path.exists(path):
+            uri = splits.chunk_uri(self.output_uri, self.split, index, "parquet")
+            fs, remote = storage.url_to_fs(uri)
+            storage.call("read", uri, fs.get_file, remote, path)
+        return path
+
+
 def _read(output_uri: str, split: SplitVideo, index: int, ext: str) -> bytes:
     return storage.read_bytes(splits.chunk_uri(output_uri, split, index, ext))
-
-
-def _chunk_masklets(output_uri: str, split: SplitVideo, index: int) -> list[MaskletRecord]:
-    uri = splits.chunk_uri(output_uri, split, index, "parquet")
-    fs, path = storage.url_to_fs(uri)
-    table = storage.call("read", uri, pq.read_table, path, filesystem=fs, columns=_MASKLET_FIELDS)
-    return [MaskletRecord(**m) for m in table.to_pylist()]

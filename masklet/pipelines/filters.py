@@ -82,11 +82,24 @@ def quality_key(record: MaskletRecord) -> tuple[float, float, int, int]:
 
 
 def tube_ious(records: Sequence[MaskletRecord]) -> np.ndarray:
-    """[k, k] tube IoUs of masklets of one video, from their RLEs.
+    """[k, k] tube IoUs of masklets of one video, from their RLEs (`tube_sums`)."""
+    return ious_from_sums(*tube_sums(records))
+
+
+def ious_from_sums(inter: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """Tube IoUs from summed intersections [k, k] and summed areas [k]: |A u B| = |A| + |B| - |A n B|."""
+    union = total[:, None] + total[None, :] - inter
+    ious = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    np.fill_diagonal(ious, 1.0)
+    return ious
+
+
+def tube_sums(records: Sequence[MaskletRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """[k, k] intersections and [k] areas of masklets of one video, summed over frames, from their RLEs.
 
     Per frame, only the visible masks are decoded (one batch), and intersections are counted only
     on pixels that two or more of them cover, so the cost is one pass over the masks plus a small
-    product. Unions come from the stored areas: |A u B| = |A| + |B| - |A n B|, summed over frames.
+    product. Sums over disjoint sets of frames add up (a split video's chunks, masklet.jobs.chunks).
     """
     k = len(records)
     sizes = {(r.height, r.width) for r in records}
@@ -109,25 +122,30 @@ def tube_ious(records: Sequence[MaskletRecord]) -> np.ndarray:
             sub = np.compress(shared, masks, axis=1).astype(np.float32)  # exact integer sums below 2**24 pixels
             idx = np.array([i for i, _ in entries])
             inter[np.ix_(idx, idx)] += sub @ sub.T
-    union = total[:, None] + total[None, :] - inter
-    ious = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    np.fill_diagonal(ious, 1.0)
-    return ious
+    return inter, total
 
 
 def duplicates(records: Sequence[MaskletRecord], dedup_iou: float) -> list[int | None]:
     """Per record, the id of the better kept masklet it duplicates, or None (greedy NMS on tube IoU)."""
     if len(records) < 2:
         return [None] * len(records)
-    ious = tube_ious(records)
-    result: list[int | None] = [None] * len(records)
+    keys = [quality_key(r) for r in records]
+    return greedy_duplicates(keys, [r.masklet_id for r in records], tube_ious(records), dedup_iou)
+
+
+def greedy_duplicates(
+    keys: Sequence[tuple[float, float, int, int]], ids: Sequence[int], ious: np.ndarray, dedup_iou: float
+) -> list[int | None]:
+    """Per masklet (its `quality_key`, id, and tube IoUs with the others), the id of the better kept one
+    it duplicates, or None: best first, each one a duplicate of the first survivor it overlaps enough."""
+    result: list[int | None] = [None] * len(ids)
     survivors: list[int] = []
-    for i in sorted(range(len(records)), key=lambda i: quality_key(records[i])):
+    for i in sorted(range(len(ids)), key=lambda i: keys[i]):
         better = next((j for j in survivors if ious[i, j] >= dedup_iou), None)
         if better is None:
             survivors.append(i)
         else:
-            result[i] = records[better].masklet_id
+            result[i] = ids[better]
     return result
 
 

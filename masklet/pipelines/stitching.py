@@ -7,121 +7,231 @@ masklet of the later one: Hungarian assignment on their IoU over the shared fram
 intersections over summed unions, the tube IoU of the duplicate filter, so a masklet empty on those
 frames matches nothing), a pair at or above `min_iou` being one object.
 
-- **Matched**: one masklet, with one id: the earlier chunk's entries before the middle of the
-  overlap, the later chunk's from it on. Each chunk's tracker has then had half the overlap to
-  settle (the later chunk's started cold, on its first frame).
-- **Unmatched**: a masklet of the earlier chunk ends at the boundary, one of the later chunk starts
-  there; each keeps all its entries, overlap included, so no frame's label is lost (where both
-  label one object without matching, the duplicate filter sees the two).
+Each boundary is cut in the middle of the shared frames: every masklet takes its earlier chunk's
+entries before the cut and its later chunk's from it on (each chunk's tracker has then had half the
+overlap to settle; the later one started cold, on its first frame), so every frame's labels come from
+one chunk. A matched pair is one masklet with one id; an unmatched masklet of the earlier chunk ends
+at the cut, one of the later chunk starts there. Ids: chunk 0's masklets in order get 1, 2, ...; a
+continued masklet keeps its id through every later chunk; a new one gets the next free id (a masklet
+with no entry in its chunk's window gets none). Matching is between consecutive chunks only: an object
+unseen through a whole overlap comes back as a new masklet, as a released one does in an unsplit video.
 
-Ids: chunk 0's masklets in order get 1, 2, ...; a continued masklet keeps its id through every later
-chunk; a new one gets the next free id. Matching is between consecutive chunks only: an object unseen
-for a whole chunk comes back as a new masklet, as a released one does in an unsplit video. Summary
-columns are recomputed from the joined per-frame lists; `edit_count` is the sum of the parts' counts.
+Nothing here holds more than two chunks or one stitched masklet: `plan_stitch` reads the chunks one
+after another; `Stitched` joins each masklet from its pieces (`joined`), one at a time, to judge it
+(the job's filters, as `apply_filters` would on the whole list: the tube IoUs of the duplicate filter
+are summed chunk by chunk, each frame's labels being one chunk's) and again to hand it to the writer,
+and gives the SA-V document's rows chunk by chunk. Summary columns are recomputed from the joined
+per-frame lists; `edit_count` is the sum of the pieces' counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from masklet.config import FiltersConfig
 from masklet.io.schema import MaskletRecord
-from masklet.pipelines.filters import tube_ious
+from masklet.pipelines.filters import (
+    greedy_duplicates,
+    ious_from_sums,
+    quality_key,
+    reject_reason,
+    tube_ious,
+    tube_sums,
+)
+
+PER_FRAME = ("frame_indices", "rle", "area", "pred_iou", "stability", "object_score")
 
 
 @dataclass(frozen=True)
 class Boundary:
-    """What happened where chunk `index` - 1 meets chunk `index`: pairs joined, masklets ended and started."""
+    """Where chunk `index` - 1 meets chunk `index`: the cut frame (a video frame index; the later chunk's
+    entries from it on), the frames shared, and the masklets matched, ended and started there."""
 
     index: int
+    cut: int
     shared_frames: int
     matched: int
     ended: int
     started: int
 
 
-@dataclass
-class _Part:
-    """The entries of `record` on frames lo <= f < hi that a stitched masklet takes."""
+@dataclass(frozen=True)
+class StitchPlan:
+    """Which entries of which chunk make each stitched masklet: chunk k gives its entries on frames
+    windows[k][0] <= f < windows[k][1], its masklet `local` becoming stitched masklet ids[k][local]."""
 
-    record: MaskletRecord
-    lo: float = -math.inf
-    hi: float = math.inf
+    windows: list[tuple[float, float]]
+    ids: list[dict[int, int]]
+    boundaries: list[Boundary]
+
+    @property
+    def masklet_ids(self) -> list[int]:
+        return sorted({i for chunk in self.ids for i in chunk.values()})
+
+    def pieces(self) -> dict[int, list[tuple[int, int]]]:
+        """Per stitched masklet id, its (chunk, local id) pieces in chunk order."""
+        out: dict[int, list[tuple[int, int]]] = {}
+        for k, chunk in enumerate(self.ids):
+            for local, stitched in sorted(chunk.items()):
+                out.setdefault(stitched, []).append((k, local))
+        return out
 
 
 def overlap_ious(earlier: Sequence[MaskletRecord], later: Sequence[MaskletRecord], frames: set[int]) -> np.ndarray:
     """[len(earlier), len(later)] IoU of the masklets over `frames`: summed intersections / summed unions."""
     if not earlier or not later:
         return np.zeros((len(earlier), len(later)))
-    both = [_restricted(m, frames) for m in (*earlier, *later)]
+    both = [window(m, lambda f: f in frames) for m in (*earlier, *later)]
     return tube_ious(both)[: len(earlier), len(earlier) :]
 
 
-def stitch(
-    video_key: str,
-    chunks: Sequence[Sequence[MaskletRecord]],
-    frames: Sequence[Sequence[int]],
-    min_iou: float,
-) -> tuple[list[MaskletRecord], list[Boundary]]:
-    """One video's masklets from its chunks' (chunk k's masklets and annotated frames, in order), with
-    what happened at each boundary."""
-    if len(chunks) != len(frames):
-        raise ValueError(f"{len(chunks)} chunks of masklets but {len(frames)} lists of frames")
-    parts: list[list[_Part]] = []  # per stitched masklet, in id order
-    owner: dict[int, int] = {}  # masklet_id in the previous chunk -> index into parts
+def plan_stitch(
+    chunk: Callable[[int], Sequence[MaskletRecord]], frames: Sequence[Sequence[int]], min_iou: float
+) -> StitchPlan:
+    """The plan for chunks 0..len(frames)-1: `chunk(k)` gives chunk k's masklets, `frames[k]` its
+    annotated frames (each chunk is read once, two are held at a time)."""
+    count = len(frames)
+    cuts: list[float] = [-math.inf]
+    for k in range(1, count):
+        shared = sorted(set(frames[k - 1]) & set(frames[k]))
+        cuts.append(shared[len(shared) // 2] if shared else frames[k][0])
+    cuts.append(math.inf)
+    windows = [(cuts[k], cuts[k + 1]) for k in range(count)]
+    ids: list[dict[int, int]] = []
     boundaries: list[Boundary] = []
-    for k, masklets in enumerate(chunks):
-        matched: dict[int, int] = {}
+    previous: Sequence[MaskletRecord] = ()
+    next_id = 1
+    for k in range(count):
+        current = chunk(k)
+        continued: dict[int, int] = {}
         if k:
-            shared = sorted(set(frames[k - 1]) & set(frames[k]))
-            previous = list(chunks[k - 1])
-            if shared:
-                cut = shared[len(shared) // 2]
-                ious = overlap_ious(previous, masklets, set(shared))
-                for i, j in zip(*linear_sum_assignment(ious, maximize=True), strict=True):
-                    if ious[i, j] >= min_iou:
-                        joined = owner[previous[i].masklet_id]
-                        parts[joined][-1].hi = cut
-                        parts[joined].append(_Part(masklets[j], lo=cut))
-                        matched[int(j)] = joined
-            boundaries.append(
-                Boundary(k, len(shared), len(matched), len(previous) - len(matched), len(masklets) - len(matched))
-            )
-        owner = {}
-        for j, m in enumerate(masklets):
-            if j not in matched:
-                parts.append([_Part(m)])
-            owner[m.masklet_id] = matched.get(j, len(parts) - 1)
-    records = [_joined(video_key, i + 1, p) for i, p in enumerate(parts)]
-    return [r for r in records if r is not None], boundaries
+            shared = set(frames[k - 1]) & set(frames[k])
+            ious = overlap_ious(previous, current, shared)
+            for i, j in zip(*linear_sum_assignment(ious, maximize=True), strict=True):
+                stitched = ids[k - 1].get(previous[i].masklet_id)
+                if ious[i, j] >= min_iou and stitched is not None:
+                    continued[current[j].masklet_id] = stitched
+        lo, hi = windows[k]
+        mapping = dict(continued)
+        for m in current:
+            if m.masklet_id not in mapping and any(lo <= f < hi for f in m.frame_indices):
+                mapping[m.masklet_id], next_id = next_id, next_id + 1
+        if k:
+            ended = len(ids[k - 1]) - len(continued)
+            boundaries.append(Boundary(k, int(lo), len(shared), len(continued), ended, len(mapping) - len(continued)))
+        ids.append(mapping)
+        previous = current
+    return StitchPlan(windows, ids, boundaries)
 
 
-def _restricted(record: MaskletRecord, frames: set[int]) -> MaskletRecord:
-    """`record` with only its entries on `frames` (its summary columns left as they were)."""
-    keep = [t for t, f in enumerate(record.frame_indices) if f in frames]
-    per_frame = ("frame_indices", "rle", "area", "pred_iou", "stability", "object_score")
-    return dataclasses.replace(record, **{name: [getattr(record, name)[t] for t in keep] for name in per_frame})
+def window(record: MaskletRecord, keep: Callable[[int], bool]) -> MaskletRecord:
+    """`record` with only its entries on frames `keep` accepts (its summary columns left as they were)."""
+    at = [t for t, f in enumerate(record.frame_indices) if keep(f)]
+    return dataclasses.replace(record, **{name: [getattr(record, name)[t] for t in at] for name in PER_FRAME})
 
 
-def _joined(video_key: str, masklet_id: int, parts: list[_Part]) -> MaskletRecord | None:
-    """One masklet from its parts' entries, or None where they leave it no frame."""
-    picked = [(p.record, t) for p in parts for t, f in enumerate(p.record.frame_indices) if p.lo <= f < p.hi]
-    if not picked:
+def in_window(plan: StitchPlan, k: int, masklets: Sequence[MaskletRecord]) -> Iterator[MaskletRecord]:
+    """Chunk k's masklets as their stitched selves see them: entries in the chunk's window, stitched ids."""
+    lo, hi = plan.windows[k]
+    for m in masklets:
+        stitched = plan.ids[k].get(m.masklet_id)
+        if stitched is not None:
+            yield dataclasses.replace(window(m, lambda f: lo <= f < hi), masklet_id=stitched)
+
+
+def joined(video_key: str, masklet_id: int, pieces: Sequence[MaskletRecord]) -> MaskletRecord | None:
+    """One stitched masklet from its pieces (`in_window`'s, in chunk order), or None where they hold no frame."""
+    parts = [p for p in pieces if p.frame_indices]
+    if not parts:
         return None
-    rles = {id(p.record): p.record.rles() for p in parts}
     return MaskletRecord.from_frames(
         video_key,
         masklet_id,
-        source=parts[0].record.source,
-        frame_indices=[m.frame_indices[t] for m, t in picked],
-        rles=[rles[id(m)][t] for m, t in picked],
-        pred_iou=[m.pred_iou[t] for m, t in picked],
-        stability=[m.stability[t] for m, t in picked],
-        object_score=[m.object_score[t] for m, t in picked],
-        edit_count=sum(p.record.edit_count for p in parts),
+        source=parts[0].source,
+        frame_indices=[f for p in parts for f in p.frame_indices],
+        rles=[r for p in parts for r in p.rles()],
+        pred_iou=[x for p in parts for x in p.pred_iou],
+        stability=[x for p in parts for x in p.stability],
+        object_score=[x for p in parts for x in p.object_score],
+        edit_count=sum(p.edit_count for p in pieces),
     )
+
+
+# chunk k's masklets; one masklet of chunk k by its (chunk's own) id
+ChunkReader = Callable[[int], Sequence[MaskletRecord]]
+PieceReader = Callable[[int, int], MaskletRecord]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A stitched masklet judged: why the filters drop it (None: kept), and what its SA-V entry says."""
+
+    reason: str | None
+    source: str
+    edit_count: int
+
+
+class Stitched:
+    """A split video's stitched masklets, judged and handed over one at a time."""
+
+    def __init__(self, video_key: str, plan: StitchPlan, chunk: ChunkReader, piece: PieceReader) -> None:
+        self.video_key, self.plan, self.chunk, self.piece = video_key, plan, chunk, piece
+
+    def masklet(self, masklet_id: int, pieces: Sequence[tuple[int, int]]) -> MaskletRecord | None:
+        parts = [p for k, local in pieces for p in in_window(self.plan, k, [self.piece(k, local)])]
+        return joined(self.video_key, masklet_id, parts)
+
+    def judge(self, filters: FiltersConfig) -> dict[int, Verdict]:
+        """Per stitched masklet, `filters`' verdict, as `apply_filters` decides on them all."""
+        reasons: dict[int, str | None] = {}
+        keys, about = {}, {}
+        for masklet_id, pieces in self.plan.pieces().items():
+            m = self.masklet(masklet_id, pieces)
+            if m is not None:
+                reasons[masklet_id], keys[masklet_id] = reject_reason(m, filters), quality_key(m)
+                about[masklet_id] = (m.source, m.edit_count)
+        passed = [i for i, why in reasons.items() if why is None]
+        if filters.dedup_iou is not None and len(passed) > 1:
+            index = {i: n for n, i in enumerate(passed)}
+            inter, total = np.zeros((len(passed), len(passed))), np.zeros(len(passed))
+            for k in range(len(self.plan.ids)):
+                ms = [m for m in in_window(self.plan, k, self.chunk(k)) if m.masklet_id in index]
+                if ms:
+                    at = [index[m.masklet_id] for m in ms]
+                    chunk_inter, chunk_total = tube_sums(ms)
+                    inter[np.ix_(at, at)] += chunk_inter
+                    total[at] += chunk_total
+            ious = ious_from_sums(inter, total)
+            dups = greedy_duplicates([keys[i] for i in passed], passed, ious, filters.dedup_iou)
+            reasons.update({i: f"duplicate_of:{d}" for i, d in zip(passed, dups, strict=True) if d is not None})
+        return {i: Verdict(why, *about[i]) for i, why in reasons.items()}
+
+    def records(self, verdicts: dict[int, Verdict]) -> Iterator[MaskletRecord]:
+        """Every stitched masklet by id, kept or dropped as `verdicts` say, one at a time."""
+        for masklet_id, pieces in sorted(self.plan.pieces().items()):
+            m = self.masklet(masklet_id, pieces)
+            if m is not None:
+                why = verdicts[masklet_id].reason
+                yield dataclasses.replace(m, kept=why is None, reject_reason=why)
+
+    def sav_rows(
+        self, frames: Sequence[Sequence[int]], kept: Sequence[int], empty: str
+    ) -> Iterator[tuple[list[str], list[float]]]:
+        """Per annotated frame (chunk k's `frames[k]` in its window, chunk after chunk), the counts and
+        stability of each `kept` masklet (empty and 0 where it has no entry)."""
+        for k, chunk_frames in enumerate(frames):
+            lo, hi = self.plan.windows[k]
+            entries = {
+                m.masklet_id: dict(zip(m.frame_indices, zip(m.rle, m.stability, strict=True), strict=True))
+                for m in in_window(self.plan, k, self.chunk(k))
+            }
+            for f in chunk_frames:
+                if lo <= f < hi:
+                    at = [entries.get(i, {}).get(f, ("", 0.0)) for i in kept]
+                    yield [c or empty for c, _ in at], [x for _, x in at]
