@@ -227,7 +227,8 @@ def long_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _split_whole(shard: Shard, out: Path, pipeline: object = None) -> str:
-    """Label `shard` with splitting on: the shard, every chunk, the stitch. The split video's id."""
+    """Label `shard` with splitting on: the shard, every chunk, the stitch (twice: the second answers
+    from the first's commit, as after a worker lost with its answer). The split video's id."""
     pipeline = pipeline or GroundTruthPipeline()
     source = SourceConfig(uri="x", fps=None)
     job = {**JOB, "output_uri": str(out)}
@@ -236,7 +237,11 @@ def _split_whole(shard: Shard, out: Path, pipeline: object = None) -> str:
     assert result.counts["videos"] == 0, "the long video is not in its shard's outputs"
     for k in range(len(plan.spans)):
         process_chunk(ChunkUnit(plan, k), pipeline, source=source, **job)
-    stitch_split(StitchUnit(plan), source=source, filters=FiltersConfig(), min_iou=CHUNKS.min_iou, **job)
+    stitched = stitch_split(StitchUnit(plan), source=source, filters=FiltersConfig(), min_iou=CHUNKS.min_iou, **job)
+    marker = (out / "_done" / f"{plan.split_id}.json").read_bytes()
+    again = stitch_split(StitchUnit(plan), source=source, filters=FiltersConfig(), min_iou=CHUNKS.min_iou, **job)
+    assert (again.counts, again.failed_videos) == (stitched.counts, stitched.failed_videos)
+    assert (out / "_done" / f"{plan.split_id}.json").read_bytes() == marker, "committed once"
     return plan.split_id
 
 

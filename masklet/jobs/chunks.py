@@ -27,8 +27,9 @@ import pyarrow.parquet as pq
 
 from masklet.config import FiltersConfig, SourceConfig
 from masklet.io import storage
+from masklet.io.outputs import read_marker, read_table
 from masklet.io.schema import MaskletRecord, VideoRecord, empty_counts, masklets_table
-from masklet.io.sinks import SavObject, ShardWriter, write_sav_rows
+from masklet.io.sinks import SavObject, ShardWriter, is_done, write_sav_rows
 from masklet.io.sources import VideoError, VideoInput, iter_videos
 from masklet.io.storage import StorageError
 from masklet.jobs import split as splits
@@ -90,8 +91,12 @@ def stitch_split(
     extra: Mapping[str, Any] | None = None,
 ) -> ShardResult:
     """Join the chunks of `unit.split` and commit the video as output shard `split_id`; its masklets
-    are never in memory together (masklet.pipelines.stitching)."""
+    are never in memory together (masklet.pipelines.stitching). A video committed already (an attempt
+    whose answer was lost with its worker, after it removed the chunks) is answered from its marker."""
     split = unit.split
+    if is_done(output_uri, split.split_id):
+        _remove_staging(output_uri, split)
+        return _committed(output_uri, split.split_id)
     t0 = time.perf_counter()
     docs = [json.loads(_read(output_uri, split, k, "json")) for k in range(len(split.spans))]
     rows = [VideoRecord(**doc["video"]) for doc in docs]
@@ -135,14 +140,31 @@ def stitch_split(
             video = LabeledVideo(record, [])
         about = {"of_shard": split.shard.id, "chunks_by": [doc["by"] for doc in docs], "boundaries": boundaries}
         marker = writer.commit(extra={"host": socket.gethostname(), **dict(extra or {}), "split": about})
+    _remove_staging(output_uri, split)
+    r = video.record
+    failures = [(r.video_key, r.error_type or "", r.error or "")] if r.status == "error" else []
+    return _result(split.split_id, marker, failures)
+
+
+def _result(split_id: str, marker: dict, failures: list[tuple[str, str, str]]) -> ShardResult:
+    counts = {**marker["counts"], "frames_processed": 0}  # its chunks counted the frames as they were done
+    return ShardResult(split_id, counts, marker["seconds"], failures)
+
+
+def _committed(output_uri: str, split_id: str) -> ShardResult:
+    """The result of a split video committed before, from its marker and its row."""
+    marker = read_marker(output_uri, split_id)
+    columns = ["video_key", "status", "error_type", "error"]
+    (row,) = read_table(output_uri, split_id, "videos", columns=columns).to_pylist()
+    failures = [(row["video_key"], row["error_type"] or "", row["error"] or "")] if row["status"] == "error" else []
+    return _result(split_id, marker, failures)
+
+
+def _remove_staging(output_uri: str, split: SplitVideo) -> None:
     try:
         splits.remove(output_uri, split)
     except StorageError as exc:  # committed: a later run removes what is left
         log.warning("split video %s: its staging could not be removed: %s", split.split_id, exc)
-    r = video.record
-    failures = [(r.video_key, r.error_type or "", r.error or "")] if r.status == "error" else []
-    counts = {**marker["counts"], "frames_processed": 0}  # its chunks counted the frames as they were done
-    return ShardResult(split.split_id, counts, marker["seconds"], failures)
 
 
 def _find(split: SplitVideo, source: SourceConfig) -> VideoInput | VideoError:

@@ -55,7 +55,7 @@ class ShardWatch:
         """Its frames are about to be decoded: `stream.frame_indices` grows as they are."""
 
     def video_done(self, video: LabeledVideo) -> None:
-        """It was added to the output shard (an error row included)."""
+        """It was added to the output shard (an error row included), or left out to be split."""
 
     def before_commit(self) -> None:
         """The shard is about to be committed."""
@@ -194,6 +194,7 @@ def process_shard(
                 write_plan(output_uri, video.split)
                 splits.append(video.split)
                 keys.add(video.record.video_key)
+                watch.video_done(video)
                 continue
             video.record = _unique_key(video.record, keys)
             video = write_labeled(writer, video, item)

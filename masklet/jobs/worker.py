@@ -54,7 +54,7 @@ class _Tally(ShardWatch):
 
     def video_done(self, video: LabeledVideo) -> None:
         record, masklets = video.record, video.masklets
-        if self.chunk:  # a chunk's frames count in progress when it is in (overlap aside), not here
+        if self.chunk or video.split is not None:  # counted as its chunks are done (overlaps aside)
             with self.worker.lock:
                 self.stream, self.video_key = None, None
             return
