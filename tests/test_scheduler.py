@@ -162,3 +162,45 @@ def test_more_workers_start_when_the_cluster_grows() -> None:
     scheduler, progress = run(cluster, shards=60, workers=2, grow=True, grow_every=5.0)
     assert progress.done == 60 and len(scheduler.slots) == 5
     assert "the cluster grew: worker w4 added" in progress.out.getvalue()
+
+
+@dataclass
+class Unit:
+    """A unit a shard makes due (as a split video's chunks): its own id."""
+
+    id: str
+
+
+@dataclass
+class Reversed(Cluster):
+    """A worker's units in hand finish together, and refs ready at once come back in the reverse order
+    (Ray does not promise one); `given` lists the units in the order they went to workers."""
+
+    given: list[str] = field(default_factory=list)
+
+    def wait(self, refs: list[Hashable], timeout: float) -> list[Hashable]:
+        return super().wait(refs, timeout)[::-1]
+
+    def process(self, worker: Worker, shard: Any, attempt: int) -> Hashable:
+        self.given.append(shard.id)
+        ref = super().process(worker, shard, attempt)
+        worker.busy_until = self.pending[ref][0] - self.shard_seconds  # a worker's units finish together
+        self.pending[ref] = (worker.busy_until + self.shard_seconds, self.pending[ref][1])
+        return ref
+
+
+def test_units_made_due_run_first_and_results_seen_out_of_order_are_each_counted_once() -> None:
+    cluster = Reversed()
+    progress = Progress("memory://progress", "run", "hash", total=8, skipped=0, out=io.StringIO())
+    progress.clock = cluster.clock
+    done: list[str] = []
+
+    def follow(unit: Any, result: ShardResult) -> list[Any]:
+        done.append(unit.id)
+        return [Unit(f"{unit.id}:chunk-{k}") for k in range(3)] if unit.id == "s000" else []
+
+    scheduler = Scheduler(cluster, progress, 2, Limits(), follow=follow, clock=cluster.clock)
+    scheduler.run([Shard(f"s{i:03d}", f"in/s{i:03d}.tar", "wds") for i in range(8)])
+    assert sorted(done) == sorted([f"s{i:03d}" for i in range(8)] + [f"s000:chunk-{k}" for k in range(3)])
+    assert progress.done == progress.total == 11 and not progress.failed
+    assert cluster.given[4:7] == [f"s000:chunk-{k}" for k in range(3)], "the chunks went ahead of the shards left"

@@ -74,8 +74,9 @@ def test_a_plan_reads_back_as_written(tmp_path: Path) -> None:
     shard = list_shards(SourceConfig(uri=str(_manifest(tmp_path)), format="manifest"))[0]
     plan = SplitVideo("shard-000000.a", shard, "a", ((0, 30), (24, None)), {"video_key": "a", "fps": 24.0})
     splits.write_plan(str(tmp_path / "out"), plan)
-    units, waiting = splits.pending_units(str(tmp_path / "out"), committed=set())
+    units, waiting = splits.pending_units(str(tmp_path / "out"), committed={shard.id})
     assert units == [ChunkUnit(plan, 0), ChunkUnit(plan, 1)] and waiting == {plan.split_id: {0, 1}}
+    assert splits.pending_units(str(tmp_path / "out"), committed=set()) == ([], {}), "its shard will split it again"
 
 
 def test_split_settings_are_checked_before_any_work() -> None:

@@ -278,11 +278,13 @@ class Scheduler:
         elif kind == "poll":
             self._polled(slot, value)
         else:
-            task = slot.tasks.popleft()
-            assert task.ref == ref, "a worker runs its shards in the order it was given them"
+            # a worker runs its shards in the order given, but two done at once may be seen in either order
+            task = next(t for t in slot.tasks if t.ref == ref)
+            head = task is slot.tasks[0]
+            slot.tasks.remove(task)
             self.in_hand -= 1
             slot.faults = 0
-            if slot.tasks:
+            if slot.tasks and head:
                 slot.tasks[0].running_since = self.clock()
             self.hungry.append(slot)
             self.progress.shard_done(value)

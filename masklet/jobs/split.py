@@ -181,9 +181,9 @@ def chunks_in(output_uri: str, split: SplitVideo) -> set[int]:
 
 
 def pending_units(output_uri: str, committed: set[str]) -> tuple[list[ChunkUnit | StitchUnit], dict[str, set[int]]]:
-    """What earlier runs left of split videos: the units to queue (missing chunks, or the stitch of a
-    video whose chunks are all in) and, per split, the chunks still to come. The staging of videos
-    committed since is removed."""
+    """What earlier runs left of split videos whose shard is committed: the units to queue (missing
+    chunks, or the stitch of a video whose chunks are all in) and, per split, the chunks still to
+    come. The staging of videos committed since is removed."""
     uri = storage.join(output_uri, SPLIT_DIR)
     fs, path = storage.url_to_fs(uri)
     fs.invalidate_cache(path)
@@ -203,6 +203,8 @@ def pending_units(output_uri: str, committed: set[str]) -> tuple[list[ChunkUnit 
         if data is None:
             continue  # its shard was interrupted before the plan was written; the shard reruns
         split = SplitVideo.from_json(json.loads(data))
+        if split.shard.id not in committed:
+            continue  # its shard runs again and splits it again: its chunks come then
         missing = set(range(len(split.spans))) - chunks_in(output_uri, split)
         if missing:
             waiting[split.split_id] = missing
