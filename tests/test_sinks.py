@@ -408,3 +408,18 @@ def test_a_streamed_video_is_written_as_add_video_writes_it(tmp_path: Path) -> N
                 iter([dataclasses.replace(r, video_key="vid-1") for r in records[:1] * 2]),
                 lambda out: None,
             )
+
+
+def test_a_rows_frame_entries_count_toward_its_row_group_not_only_its_rles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small mask's row is mostly Python objects per frame: a bound on RLE bytes alone let them pile up."""
+    from masklet.io import sinks
+
+    video, records, _ = _video("vid-0", seed=0)
+    row = records[0]
+    monkeypatch.setattr(sinks, "ROW_GROUP_BYTES", sinks.ENTRY_BYTES * len(row.rle))
+    assert sum(len(c) for c in row.rle) < sinks.ROW_GROUP_BYTES
+    with ShardWriter(str(tmp_path), "shard-000000", model="m", config_hash="h") as writer:
+        writer.add_video(video, [row])
+        assert writer._pending == [], "one row of this many frames is a row group"

@@ -3,7 +3,7 @@
 A shard is `masklets/{shard}.parquet`, `videos/{shard}.parquet`, `wds/{shard}.tar` and, written
 last as the commit, `_done/{shard}.json`. Nothing of the shard is held for all its videos: each
 video's tar members go straight into a staged local tar, its masklet rows into a staged local
-Parquet file (a row group whenever ROW_GROUP_BYTES of RLE strings are waiting), and only the
+Parquet file (a row group whenever ROW_GROUP_BYTES of rows are waiting), and only the
 small video rows wait for the commit. `commit()` first removes an old marker (a rerun overwrites
 the shard), then publishes every file whole (local: atomic rename; remote: one upload each), then
 the marker. An exception or a kill before that leaves no marker, so the shard reads as not done
@@ -46,9 +46,12 @@ from masklet.io.schema import (
 from masklet.io.storage import RetryPolicy, StagedFile, StorageError
 
 _VIDEO_EXT = re.compile(r"[a-z0-9]{1,5}")
-# masklet rows wait until their RLE strings reach this size, then go to the staged Parquet file as one row
+# masklet rows wait until they hold about this much memory, then go to the staged Parquet file as one row
 # group: a worker's memory does not grow with the number of videos in its shard, and row groups stay large
 ROW_GROUP_BYTES = 64 * 2**20
+# what a row's entry for one frame holds besides its RLE string, as Python objects (list slots, the str
+# header, an int, three floats; measured about 240): small masks' rows are mostly this, not their RLEs
+ENTRY_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -292,14 +295,14 @@ class ShardWriter:
             self._add_member(f"{video.video_key}.{video_ext}", io.BytesIO(video_bytes))
 
     def _add_rows(self, video: VideoRecord, masklets: Iterable[MaskletRecord]) -> None:
-        """The video's row and its masklet rows, a row group whenever ROW_GROUP_BYTES of RLEs wait."""
+        """The video's row and its masklet rows, a row group whenever ROW_GROUP_BYTES of rows wait."""
         self._keys.add(video.video_key)
         self._videos.append(video)
         total = kept = 0
         for m in masklets:
             total, kept = total + 1, kept + m.kept
             self._pending.append(m)
-            self._pending_bytes += sum(len(counts) for counts in m.rle)
+            self._pending_bytes += sum(len(counts) for counts in m.rle) + ENTRY_BYTES * len(m.rle)
             if self._pending_bytes >= ROW_GROUP_BYTES:
                 self._write_row_group()
         self._masklet_counts[video.video_key] = (total, kept)

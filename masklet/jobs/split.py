@@ -160,22 +160,25 @@ def remove(output_uri: str, split: SplitVideo | str) -> None:
             raise
 
 
-def chunks_in(output_uri: str, split: SplitVideo) -> set[int]:
-    """The chunks of `split` whose row is written (one listing)."""
-    uri = folder(output_uri, split)
+def _names(uri: str) -> list[str]:
+    """The names in folder `uri` (one fresh listing), none where it does not exist."""
     fs, path = storage.url_to_fs(uri)
     fs.invalidate_cache(path)
     try:
         names = storage.call("list", uri, fs.ls, path, detail=False)
     except StorageError as exc:
         if isinstance(exc.__cause__, FileNotFoundError):
-            return set()
+            return []
         raise
+    return sorted(posixpath.basename(str(name).rstrip("/")) for name in names)
+
+
+def chunks_in(output_uri: str, split: SplitVideo) -> set[int]:
+    """The chunks of `split` whose row is written (one listing)."""
     found = set()
-    for name in names:
-        base = posixpath.basename(str(name).rstrip("/"))
-        stem = base.removeprefix("chunk-").removesuffix(".json")
-        if base.startswith("chunk-") and base.endswith(".json") and stem.isdigit():
+    for name in _names(folder(output_uri, split)):
+        stem = name.removeprefix("chunk-").removesuffix(".json")
+        if name.startswith("chunk-") and name.endswith(".json") and stem.isdigit():
             found.add(int(stem))
     return found & set(range(len(split.spans)))
 
@@ -184,18 +187,9 @@ def pending_units(output_uri: str, committed: set[str]) -> tuple[list[ChunkUnit 
     """What earlier runs left of split videos whose shard is committed: the units to queue (missing
     chunks, or the stitch of a video whose chunks are all in) and, per split, the chunks still to
     come. The staging of videos committed since is removed."""
-    uri = storage.join(output_uri, SPLIT_DIR)
-    fs, path = storage.url_to_fs(uri)
-    fs.invalidate_cache(path)
-    try:
-        names = storage.call("list", uri, fs.ls, path, detail=False)
-    except StorageError as exc:
-        if isinstance(exc.__cause__, FileNotFoundError):
-            return [], {}
-        raise
     units: list[ChunkUnit | StitchUnit] = []
     waiting: dict[str, set[int]] = {}
-    for name in sorted(posixpath.basename(str(n).rstrip("/")) for n in names):
+    for name in _names(storage.join(output_uri, SPLIT_DIR)):
         if name in committed:
             remove(output_uri, name)
             continue
