@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import ray
@@ -27,6 +28,7 @@ from masklet.io import rle
 from masklet.io.errors import InputError
 from masklet.io.outputs import read_shard
 from masklet.io.schema import MaskletRecord
+from masklet.io.sinks import list_done
 from masklet.io.sources import Shard, list_shards
 from masklet.io.video import open_video
 from masklet.jobs import split as splits
@@ -276,6 +278,30 @@ def test_a_split_video_gets_the_masks_of_the_whole_one_and_one_id_per_object(lon
         # an object visible on every overlap keeps one id; one unseen through a chunk's overlap starts again
         assert len(ids) == 1 or len(seen) < 120, (g, ids)
     assert not (tmp_path / "split" / "_split" / split_id).exists(), "the staging goes once the video is committed"
+
+
+def test_a_split_video_on_s3_is_planned_resumed_and_stitched(s3_bucket: str) -> None:
+    """The staging on an object store (moto's S3 server): listed, resumed from, removed."""
+    corpus, out = f"s3://{s3_bucket}/corpus", f"s3://{s3_bucket}/out"
+    write_corpus(corpus, videos=1, per_shard=1, seed=1, width=64, height=48, frames=72, fps=24.0)
+    (shard,) = list_shards(SourceConfig(uri=f"{corpus}/*.tar", fps=None))
+    source, job = SourceConfig(uri="x", fps=None), {**JOB, "output_uri": out}
+    (plan,) = process_shard(shard, GroundTruthPipeline(), source=source, split=CHUNKS, **job).splits
+    assert len(plan.spans) == 3
+    process_chunk(ChunkUnit(plan, 0), GroundTruthPipeline(), source=source, **job)
+    units, waiting = splits.pending_units(out, list_done(out))
+    assert units == [ChunkUnit(plan, 1), ChunkUnit(plan, 2)] and waiting == {plan.split_id: {1, 2}}
+    for unit in units:
+        process_chunk(unit, GroundTruthPipeline(), source=source, **job)
+    assert splits.pending_units(out, list_done(out))[0] == [StitchUnit(plan)]
+    stitch_split(StitchUnit(plan), source=source, filters=FiltersConfig(), min_iou=CHUNKS.min_iou, **job)
+    assert list_done(out) == {shard.id, plan.split_id}
+    assert splits.pending_units(out, list_done(out)) == ([], {})
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    assert not fs.find(f"{s3_bucket}/out/_split"), "the staging is gone"
+    (video,) = read_shard(out, plan.split_id).videos
+    assert video.status == "ok" and video.frame_indices == list(range(72))
 
 
 class _FailsOnFrame(GroundTruthPipeline):
