@@ -403,6 +403,8 @@ def test_a_chunk_whose_worker_died_is_retried_alone_and_a_rerun_resumes_a_split_
     assert _rows(tmp_path / "crashed") == clean
     progress = json.loads((tmp_path / "crashed" / "progress.json").read_text())
     assert progress["workers"]["restarts"] >= 1
+    marker = json.loads((tmp_path / "crashed" / "_done" / "shard-000002.synth-000002.json").read_text())
+    assert [by["attempt"] for by in marker["extra"]["split"]["chunks_by"]] == [2, 1, 1, 1, 1]
     # an interrupted run left shard-000002's plan and its first two chunks: a rerun does the rest
     shard = list_shards(SourceConfig(uri=str(long_corpus / "*.tar"), fps=None))[2]
     source, job = SourceConfig(uri="x", fps=None), {**JOB, "output_uri": str(tmp_path / "resumed")}

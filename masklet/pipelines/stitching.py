@@ -70,10 +70,6 @@ class StitchPlan:
     ids: list[dict[int, int]]
     boundaries: list[Boundary]
 
-    @property
-    def masklet_ids(self) -> list[int]:
-        return sorted({i for chunk in self.ids for i in chunk.values()})
-
     def pieces(self) -> dict[int, list[tuple[int, int]]]:
         """Per stitched masklet id, its (chunk, local id) pieces in chunk order."""
         out: dict[int, list[tuple[int, int]]] = {}
