@@ -21,6 +21,7 @@ import pytest
 import ray
 from jobs_helpers import read_output, start_local_ray, write_config
 from jobs_plugins import CRASH_KEY, DELAY_ENV, GroundTruthPipeline
+from model_double import Truth, frame_folder
 from videos import encode, read_index
 
 from masklet.cli import main
@@ -303,6 +304,43 @@ def test_a_split_video_on_s3_is_planned_resumed_and_stitched(s3_bucket: str) -> 
     assert not fs.find(f"{s3_bucket}/out/_split"), "the staging is gone"
     (video,) = read_shard(out, plan.split_id).videos
     assert video.status == "ok" and video.frame_indices == list(range(72))
+
+
+class _StillBox:
+    """One masklet: a box that does not move, on every frame it is given."""
+
+    def __call__(self, video, frames):  # type: ignore[no-untyped-def]
+        at = [f.index for f in frames]
+        box = _box(10, size=10, shape=(48, 64))
+        one = [1.0] * len(at)
+        return [
+            MaskletRecord.from_frames(
+                video.key,
+                1,
+                source="auto",
+                frame_indices=at,
+                rles=[box] * len(at),
+                pred_iou=one,
+                stability=one,
+                object_score=one,
+            )
+        ]
+
+
+def test_a_folder_of_frames_is_split_too(tmp_path: Path) -> None:
+    (tmp_path / "root" / "vid").mkdir(parents=True)
+    frame_folder(Truth(seed=3, frames=60), tmp_path / "root" / "vid")
+    source = SourceConfig(uri=str(tmp_path / "root"), format="frames", fps=None)
+    (shard,) = list_shards(source)
+    job = {**JOB, "output_uri": str(tmp_path / "out")}
+    (plan,) = process_shard(shard, _StillBox(), source=source, split=CHUNKS, **job).splits
+    assert plan.spans == ((0, 30), (24, 54), (48, None))  # a folder of frames counts as 24 fps
+    for k in range(3):
+        process_chunk(ChunkUnit(plan, k), _StillBox(), source=source, **job)
+    stitch_split(StitchUnit(plan), source=source, filters=FiltersConfig(), min_iou=CHUNKS.min_iou, **job)
+    stitched = read_shard(str(tmp_path / "out"), plan.split_id)
+    assert stitched.videos[0].frame_indices == list(range(60))
+    assert [(m.masklet_id, m.frame_indices) for m in stitched.masklets] == [(1, list(range(60)))]
 
 
 class _FailsOnFrame(GroundTruthPipeline):
