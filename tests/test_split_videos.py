@@ -362,6 +362,26 @@ def test_a_chunks_fault_makes_the_video_an_error_row(long_corpus: Path, tmp_path
     assert read_shard(str(tmp_path), split_id).masklets == []
 
 
+def test_a_seek_that_gives_other_pixels_makes_the_video_an_error_row(long_corpus: Path, tmp_path: Path) -> None:
+    """Chunk k's overlap frames, reached by a seek, must be chunk k-1's, decoded on to them: the CRCs of the
+    first pass say. A container whose timestamps mislead is played here by one altered checksum."""
+    shard = list_shards(SourceConfig(uri=str(long_corpus / "*.tar"), fps=None))[1]
+    source, job = SourceConfig(uri="x", fps=None), {**JOB, "output_uri": str(tmp_path)}
+    (plan,) = process_shard(shard, GroundTruthPipeline(), source=source, split=CHUNKS, **job).splits
+    for k in range(len(plan.spans)):
+        process_chunk(ChunkUnit(plan, k), GroundTruthPipeline(), source=source, **job)
+    row = tmp_path / "_split" / plan.split_id / "chunk-2.json"
+    doc = json.loads(row.read_text())
+    assert len(doc["checksums"]) == len(doc["video"]["frame_indices"]) == 30
+    doc["checksums"][1] ^= 1  # frame 49, which chunk 1 decoded too
+    row.write_text(json.dumps(doc))
+    stitch_split(StitchUnit(plan), source=source, filters=FiltersConfig(), min_iou=CHUNKS.min_iou, **job)
+    (video,) = read_shard(str(tmp_path), plan.split_id).videos
+    assert video.status == "error" and video.error_type == "VideoDecodeError"
+    assert video.error.startswith("chunk 2 (annotated frames 48 to 77): seeking to this chunk gave other pixels")
+    assert "(frames [49])" in video.error
+
+
 def test_the_queue_makes_chunks_then_the_stitch_due() -> None:
     shard = Shard("shard-000000", "x.tar", "wds")
     plan = SplitVideo("shard-000000.k", shard, "k", ((0, 8), (6, None)), {})

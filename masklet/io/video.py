@@ -569,6 +569,12 @@ class VideoStream:
         finally:
             self.close()
 
+    @property
+    def checksums(self) -> list[int]:
+        """A CRC-32 of each frame the first pass decoded (its `frame_indices`'), to tell whether another
+        decode of the same frames (a seek to them) gave the same pixels."""
+        return list(self._replays.checksums)
+
     def reopen(self, start: int = 0, stop: int | None = None) -> VideoStream:
         """Annotated positions start..stop-1 (to the end when stop is None) again, as the first pass
         yielded them. The copies of a stream share one decoder that seeks, so a backward pass decodes

@@ -32,6 +32,7 @@ from masklet.io.schema import MaskletRecord, VideoRecord, empty_counts, masklets
 from masklet.io.sinks import SavObject, ShardWriter, is_done, write_sav_rows
 from masklet.io.sources import VideoError, VideoInput, iter_videos
 from masklet.io.storage import StorageError
+from masklet.io.video import VideoStream
 from masklet.jobs import split as splits
 from masklet.jobs.shard import LabeledVideo, ShardResult, ShardWatch, error_row, label_video, write_labeled
 from masklet.jobs.split import ChunkUnit, SplitVideo, StitchUnit
@@ -57,17 +58,22 @@ def process_chunk(
     """Label chunk `unit.index` of its video and stage its masklets and row (with `extra`, who labelled
     it, which the video's marker lists); raises, staging nothing complete, if that cannot be done for
     a reason that is not the video's."""
-    watch = watch or ShardWatch()
+    watch = _Opened(watch or ShardWatch())
     split, index = unit.split, unit.index
     start, stop = split.spans[index]
     watch.video_started(split.video_key)
     item = _find(split, source)
     video = label_video(item, pipeline, source, watch, span=(start, stop))
+    checksums = watch.stream.checksums if watch.stream is not None else []
     table = masklets_table(video.masklets, model=model, config_hash=config_hash)
     with storage.staged_file(splits.chunk_uri(output_uri, split, index, "parquet")) as stage:
         pq.write_table(table, stage, compression="zstd", row_group_size=1)  # a masklet is read alone
     watch.before_commit()
-    row = {"video": dataclasses.asdict(video.record), "by": {"host": socket.gethostname(), **dict(extra or {})}}
+    row = {
+        "video": dataclasses.asdict(video.record),
+        "checksums": checksums,
+        "by": {"host": socket.gethostname(), **dict(extra or {})},
+    }
     storage.write_bytes(splits.chunk_uri(output_uri, split, index, "json"), json.dumps(row).encode())  # last
     watch.video_done(LabeledVideo(video.record, []))
     r = video.record
@@ -101,6 +107,8 @@ def stitch_split(
     docs = [json.loads(_read(output_uri, split, k, "json")) for k in range(len(split.spans))]
     rows = [VideoRecord(**doc["video"]) for doc in docs]
     failed = next((k for k, r in enumerate(rows) if r.status == "error"), None)
+    if failed is None and (k := _misled_seek(rows, docs)) is not None:
+        failed, rows[k] = k, _seek_error(rows, docs, k)
     item = _find(split, source) if write_video and failed is None else None
     data = item.read_bytes() if isinstance(item, VideoInput) else None
     ext = item.ext if isinstance(item, VideoInput) and item.ext else "mp4"
@@ -175,6 +183,51 @@ def _find(split: SplitVideo, source: SourceConfig) -> VideoInput | VideoError:
     v = split.video
     reason = f"the video is no longer in input shard {split.shard.id} ({split.shard.uri})"
     return VideoError(v["video_key"], v["source_uri"], reason, v["original_key"])
+
+
+class _Opened(ShardWatch):
+    """`watch`, and the stream it was shown (its checksums are the chunk's)."""
+
+    def __init__(self, watch: ShardWatch) -> None:
+        self.watch, self.stream = watch, None
+
+    def video_started(self, key: str) -> None:
+        self.watch.video_started(key)
+
+    def stream_opened(self, stream: VideoStream) -> None:
+        self.stream = stream
+        self.watch.stream_opened(stream)
+
+    def video_done(self, video: LabeledVideo) -> None:
+        self.watch.video_done(video)
+
+    def before_commit(self) -> None:
+        self.watch.before_commit()
+
+
+def _frames_seen(row: VideoRecord, doc: dict) -> dict[int, int]:
+    return dict(zip(row.frame_indices, doc.get("checksums", []), strict=False))
+
+
+def _misled_seek(rows: list[VideoRecord], docs: list[dict]) -> int | None:
+    """The first chunk whose frames in the overlap differ from the chunk before's (a seek to its first
+    frame gave other pixels than decoding on to it: a container whose timestamps mislead), or None."""
+    for k in range(1, len(rows)):
+        before, now = _frames_seen(rows[k - 1], docs[k - 1]), _frames_seen(rows[k], docs[k])
+        if any(before[f] != now[f] for f in before.keys() & now.keys()):
+            return k
+    return None
+
+
+def _seek_error(rows: list[VideoRecord], docs: list[dict], k: int) -> VideoRecord:
+    before, now = _frames_seen(rows[k - 1], docs[k - 1]), _frames_seen(rows[k], docs[k])
+    differ = sorted(f for f in before.keys() & now.keys() if before[f] != now[f])
+    reason = (
+        f"seeking to this chunk gave other pixels than decoding on to them (frames {differ[:5]}): the "
+        "container's timestamps mislead; re-encode it with keyframes (ffmpeg -i in -g 48 out.mp4) or label it "
+        "unsplit"
+    )
+    return dataclasses.replace(rows[k], status="error", error_type="VideoDecodeError", error=reason)
 
 
 def _failed_row(split: SplitVideo, index: int, row: VideoRecord) -> VideoRecord:
