@@ -107,8 +107,9 @@ def stitch_split(
     docs = [json.loads(_read(output_uri, split, k, "json")) for k in range(len(split.spans))]
     rows = [VideoRecord(**doc["video"]) for doc in docs]
     failed = next((k for k, r in enumerate(rows) if r.status == "error"), None)
-    if failed is None and (k := _misled_seek(rows, docs)) is not None:
-        failed, rows[k] = k, _seek_error(rows, docs, k)
+    if failed is None and (misled := _misled_seek(rows, docs)) is not None:
+        failed, row = misled
+        rows[failed] = row
     item = _find(split, source) if write_video and failed is None else None
     data = item.read_bytes() if isinstance(item, VideoInput) else None
     ext = item.ext if isinstance(item, VideoInput) and item.ext else "mp4"
@@ -128,7 +129,7 @@ def stitch_split(
             boundaries = [dataclasses.asdict(b) for b in plan.boundaries]
             stitched = Stitched(split.video_key, plan, chunks.masklets, chunks.masklet)
             verdicts = stitched.judge(filters)
-            windowed = [[f for f in fs if plan.windows[k][0] <= f < plan.windows[k][1]] for k, fs in enumerate(frames)]
+            windowed = plan.own_frames(frames)
             record = VideoRecord(
                 **split.video,
                 frame_indices=[f for fs in windowed for f in fs],
@@ -209,25 +210,21 @@ def _frames_seen(row: VideoRecord, doc: dict) -> dict[int, int]:
     return dict(zip(row.frame_indices, doc.get("checksums", []), strict=False))
 
 
-def _misled_seek(rows: list[VideoRecord], docs: list[dict]) -> int | None:
+def _misled_seek(rows: list[VideoRecord], docs: list[dict]) -> tuple[int, VideoRecord] | None:
     """The first chunk whose frames in the overlap differ from the chunk before's (a seek to its first
-    frame gave other pixels than decoding on to it: a container whose timestamps mislead), or None."""
+    frame gave other pixels than decoding on to it: a container whose timestamps mislead), with its row
+    made an error row; None where every overlap agrees."""
     for k in range(1, len(rows)):
         before, now = _frames_seen(rows[k - 1], docs[k - 1]), _frames_seen(rows[k], docs[k])
-        if any(before[f] != now[f] for f in before.keys() & now.keys()):
-            return k
+        differ = sorted(f for f in before.keys() & now.keys() if before[f] != now[f])
+        if differ:
+            reason = (
+                f"seeking to this chunk gave other pixels than decoding on to them (frames {differ[:5]}): the "
+                "container's timestamps mislead; re-encode it with keyframes (ffmpeg -i in -g 48 out.mp4) or "
+                "label it unsplit"
+            )
+            return k, dataclasses.replace(rows[k], status="error", error_type="VideoDecodeError", error=reason)
     return None
-
-
-def _seek_error(rows: list[VideoRecord], docs: list[dict], k: int) -> VideoRecord:
-    before, now = _frames_seen(rows[k - 1], docs[k - 1]), _frames_seen(rows[k], docs[k])
-    differ = sorted(f for f in before.keys() & now.keys() if before[f] != now[f])
-    reason = (
-        f"seeking to this chunk gave other pixels than decoding on to them (frames {differ[:5]}): the "
-        "container's timestamps mislead; re-encode it with keyframes (ffmpeg -i in -g 48 out.mp4) or label it "
-        "unsplit"
-    )
-    return dataclasses.replace(rows[k], status="error", error_type="VideoDecodeError", error=reason)
 
 
 def _failed_row(split: SplitVideo, index: int, row: VideoRecord) -> VideoRecord:

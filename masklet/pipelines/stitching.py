@@ -70,6 +70,10 @@ class StitchPlan:
     ids: list[dict[int, int]]
     boundaries: list[Boundary]
 
+    def own_frames(self, frames: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Per chunk, those of its annotated `frames[k]` in its window: the stitched video's, each once."""
+        return [[f for f in fs if lo <= f < hi] for (lo, hi), fs in zip(self.windows, frames, strict=True)]
+
     def pieces(self) -> dict[int, list[tuple[int, int]]]:
         """Per stitched masklet id, its (chunk, local id) pieces in chunk order."""
         out: dict[int, list[tuple[int, int]]] = {}
@@ -93,9 +97,10 @@ def plan_stitch(
     """The plan for chunks 0..len(frames)-1: `chunk(k)` gives chunk k's masklets, `frames[k]` its
     annotated frames (each chunk is read once, two are held at a time)."""
     count = len(frames)
+    shares = [set()] + [set(frames[k - 1]) & set(frames[k]) for k in range(1, count)]  # frames at boundary k
     cuts: list[float] = [-math.inf]
     for k in range(1, count):
-        shared = sorted(set(frames[k - 1]) & set(frames[k]))
+        shared = sorted(shares[k])
         cuts.append(shared[len(shared) // 2] if shared else frames[k][0])
     cuts.append(math.inf)
     windows = [(cuts[k], cuts[k + 1]) for k in range(count)]
@@ -107,8 +112,7 @@ def plan_stitch(
         current = chunk(k)
         continued: dict[int, int] = {}
         if k:
-            shared = set(frames[k - 1]) & set(frames[k])
-            ious = overlap_ious(previous, current, shared)
+            ious = overlap_ious(previous, current, shares[k])
             for i, j in zip(*linear_sum_assignment(ious, maximize=True), strict=True):
                 stitched = ids[k - 1].get(previous[i].masklet_id)
                 if ious[i, j] >= min_iou and stitched is not None:
@@ -120,7 +124,9 @@ def plan_stitch(
                 mapping[m.masklet_id], next_id = next_id, next_id + 1
         if k:
             ended = len(ids[k - 1]) - len(continued)
-            boundaries.append(Boundary(k, int(lo), len(shared), len(continued), ended, len(mapping) - len(continued)))
+            boundaries.append(
+                Boundary(k, int(lo), len(shares[k]), len(continued), ended, len(mapping) - len(continued))
+            )
         ids.append(mapping)
         previous = current
     return StitchPlan(windows, ids, boundaries)
@@ -217,17 +223,15 @@ class Stitched:
                 yield dataclasses.replace(m, kept=why is None, reject_reason=why)
 
     def sav_rows(
-        self, frames: Sequence[Sequence[int]], kept: Sequence[int], empty: str
+        self, own_frames: Sequence[Sequence[int]], kept: Sequence[int], empty: str
     ) -> Iterator[tuple[list[str], list[float]]]:
-        """Per annotated frame (chunk k's `frames[k]` in its window, chunk after chunk), the counts and
-        stability of each `kept` masklet (empty and 0 where it has no entry)."""
-        for k, chunk_frames in enumerate(frames):
-            lo, hi = self.plan.windows[k]
+        """Per annotated frame (chunk k's `own_frames[k]`, `StitchPlan.own_frames`, chunk after chunk), the
+        counts and stability of each `kept` masklet (empty and 0 where it has no entry)."""
+        for k, chunk_frames in enumerate(own_frames):
             entries = {
                 m.masklet_id: dict(zip(m.frame_indices, zip(m.rle, m.stability, strict=True), strict=True))
                 for m in in_window(self.plan, k, self.chunk(k))
             }
             for f in chunk_frames:
-                if lo <= f < hi:
-                    at = [entries.get(i, {}).get(f, ("", 0.0)) for i in kept]
-                    yield [c or empty for c, _ in at], [x for _, x in at]
+                at = [entries.get(i, {}).get(f, ("", 0.0)) for i in kept]
+                yield [c or empty for c, _ in at], [x for _, x in at]
