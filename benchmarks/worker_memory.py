@@ -46,7 +46,7 @@ from masklet.config import FiltersConfig, PipelineConfig, SourceConfig, SplitCon
 from masklet.io.video_writer import encode_mp4
 from masklet.model.tracker import TrackOutput
 from masklet.pipelines.autolabel import AutoLabeler
-from masklet.pipelines.filters import apply_filters
+from masklet.pipelines.streamed import JudgedMasklets, judge
 
 FPS = 24
 INDEX_BITS = 16  # a frame's index, in blocks of 8x8 pixels across its top: up to 65,535 frames
@@ -145,7 +145,7 @@ class BoxProposer:
 
 
 def make_pipeline(objects: int, height: int, width: int) -> Any:
-    """The automatic pipeline (`masklet.pipelines.autolabel.build_pipeline` without its model)."""
+    """The automatic pipeline (`masklet.pipelines.autolabel.build_pipeline`, its model a double)."""
     scene = BoxScene(objects, height, width)
     labeler = AutoLabeler(
         PipelineConfig(max_objects=objects),
@@ -154,7 +154,8 @@ def make_pipeline(objects: int, height: int, width: int) -> Any:
     )
 
     def pipeline(video: Any, frames: Any) -> Any:
-        return apply_filters(labeler(video.key, frames, frames.reopen), FiltersConfig())
+        store = labeler(video.key, frames, frames.reopen)
+        return JudgedMasklets(store, judge(store, FiltersConfig()))
 
     return pipeline
 

@@ -33,7 +33,8 @@ def run(
     trackers = TrackerFactoryDouble(truth, script)
     proposer = ProposerDouble(truth, hide or {})
     labeler = AutoLabeler(PipelineConfig(**options), trackers, proposer)
-    return labeler("vid", iter(truth), lambda start, stop: itertools.islice(truth, start, stop)), trackers, proposer
+    records = labeler("vid", iter(truth), lambda start, stop: itertools.islice(truth, start, stop)).records()
+    return records, trackers, proposer
 
 
 def follows(trackers: TrackerFactoryDouble) -> dict[int, int]:
@@ -215,7 +216,7 @@ def test_a_seed_frame_is_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     encoder = model.image_encoder.forward
     monkeypatch.setattr(model.image_encoder, "forward", lambda x: calls.append(1) or encoder(x))
-    records = AutoLabeler(config, tracker_factory(model), generator.generate)("vid", iter(truth))
+    records = AutoLabeler(config, tracker_factory(model), generator.generate)("vid", iter(truth)).records()
     assert records and len(calls) == 3  # 64x48 frames: the correction on frame 0 reuses them too
 
     square = Truth(width=128, height=128, frames=1).rgb[0]  # at the model's size both recipes only normalize

@@ -222,7 +222,7 @@ def label(truth: Truth, **options: Any) -> tuple[dict[int, MaskletRecord], Track
     """GT object -> its masklet (one each, or the test fails), and the trackers."""
     trackers = TrackerFactoryDouble(truth)
     labeler = AutoLabeler(PipelineConfig(reseed_every=1, **options), trackers, ProposerDouble(truth))
-    records = labeler("vid", iter(truth), lambda start, stop: itertools.islice(truth, start, stop))
+    records = labeler("vid", iter(truth), lambda start, stop: itertools.islice(truth, start, stop)).records()
     forward = trackers.made[0]
     followed = {r.masklet_id: (forward.removed | forward.follows)[r.masklet_id] for r in records}
     assert sorted(followed.values()) == sorted(set(followed.values()))

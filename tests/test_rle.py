@@ -165,6 +165,19 @@ def test_batch_equals_single(n: int, h: int, w: int, seed: int) -> None:
         np.testing.assert_array_equal(rle.decode_batch(theirs), masks)
 
 
+def test_a_long_batch_is_counted_and_decoded_a_group_of_strings_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole masklet's RLEs (a long video's) are parsed in groups of about _CHUNK_CHARS characters: the
+    same areas and masks whether the groups hold one string or all of them."""
+    masks = blobs(40, 9, 13, 3)
+    batch = rle.encode_batch(masks)
+    whole = rle.area_batch(batch), rle.decode_batch(batch)
+    monkeypatch.setattr(rle, "_CHUNK_CHARS", 8)
+    assert len(list(rle._spans(batch))) > 10
+    np.testing.assert_array_equal(rle.area_batch(batch), masks.sum(axis=(1, 2)))
+    np.testing.assert_array_equal(rle.area_batch(batch), whole[0])
+    np.testing.assert_array_equal(rle.decode_batch(batch), whole[1])
+
+
 def coco_counts(masks: np.ndarray) -> list[str]:
     """pycocotools' strings for an [N, H, W] batch, given the F-order uint8 [H, W, N] it reads."""
     if not len(masks):

@@ -1,7 +1,9 @@
 import dataclasses
+import gc
 import json
 import os
 import tarfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 import webdataset
 
 from masklet.io import rle, storage
-from masklet.io.schema import MASKLETS_SCHEMA, VIDEOS_SCHEMA, MaskletRecord, VideoRecord
+from masklet.io.schema import MASKLETS_SCHEMA, VIDEOS_SCHEMA, MaskletRecord, VideoRecord, masklets_table
 from masklet.io.sinks import ShardWriter, is_done, list_done, write_sav_annotation
 from masklet.io.tars import MAX_KEY_LENGTH, is_safe_key, sanitize_key
 
@@ -182,13 +184,14 @@ def test_marker_is_last_and_a_rerun_completes_the_shard(tmp_path: Path, monkeypa
 def test_masklet_rows_leave_memory_as_row_groups_and_read_back_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rows wait only until ROW_GROUP_BYTES of RLE strings, then go to the staged file: with a tiny bound each
-    masklet is a row group of its own, and the shard reads back as one written whole."""
+    """Rows wait, as Arrow, only until ROW_GROUP_BYTES of them, then go to the staged file: with tiny bounds
+    each masklet is a batch and a row group of its own, and the shard reads back as one written whole."""
     from masklet.io import sinks
 
     whole = str(tmp_path / "whole")
     _write(whole)
     monkeypatch.setattr(sinks, "ROW_GROUP_BYTES", 1)
+    monkeypatch.setattr(sinks, "BATCH_ENTRIES", 1)
     streamed = str(tmp_path / "streamed")
     with ShardWriter(streamed, "shard-000000", model="sam2.1_hiera_t", config_hash="abc123") as writer:
         for i, key in enumerate(KEYS):
@@ -410,16 +413,17 @@ def test_a_streamed_video_is_written_as_add_video_writes_it(tmp_path: Path) -> N
             )
 
 
-def test_a_rows_frame_entries_count_toward_its_row_group_not_only_its_rles(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A small mask's row is mostly Python objects per frame: a bound on RLE bytes alone let them pile up."""
-    from masklet.io import sinks
-
+def test_masklet_records_are_not_held_once_added(tmp_path: Path) -> None:
+    """A video's records become Arrow rows as they are added (a record as Python objects costs ten times
+    its Arrow row): the writer keeps none of them, and the rows read back the same."""
     video, records, _ = _video("vid-0", seed=0)
-    row = records[0]
-    monkeypatch.setattr(sinks, "ROW_GROUP_BYTES", sinks.ENTRY_BYTES * len(row.rle))
-    assert sum(len(c) for c in row.rle) < sinks.ROW_GROUP_BYTES
+    alive = [weakref.ref(r) for r in records]
     with ShardWriter(str(tmp_path), "shard-000000", model="m", config_hash="h") as writer:
-        writer.add_video(video, [row])
-        assert writer._pending == [], "one row of this many frames is a row group"
+        writer.add_video(video, records)
+        expected = masklets_table(records, model="m", config_hash="h")
+        del records
+        gc.collect()
+        assert [r() for r in alive] == [None] * len(alive)
+        assert writer._pending and all(isinstance(t, pa.Table) for t in writer._pending)
+        writer.commit()
+    assert pq.read_table(f"{tmp_path}/masklets/shard-000000.parquet").equals(expected)

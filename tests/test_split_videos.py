@@ -39,6 +39,7 @@ from masklet.jobs.shard import process_shard
 from masklet.jobs.split import ChunkUnit, SplitQueue, SplitVideo, StitchUnit, spans
 from masklet.pipelines.filters import apply_filters
 from masklet.pipelines.stitching import Boundary, Stitched, plan_stitch
+from masklet.pipelines.streamed import JudgedMasklets, judge
 from masklet.synth.corpus import write_corpus
 
 # 120 frames at 24 fps, every frame annotated: chunks of 24 frames running 6 into the next
@@ -144,9 +145,10 @@ def _stitch(
     """Stitch in-memory chunks as a stitch unit does its chunk files; every masklet kept by default."""
     plan = plan_stitch(lambda k: chunks[k], frames, min_iou)
     by_id = [{m.masklet_id: m for m in chunk} for chunk in chunks]
-    stitched = Stitched("v", plan, lambda k: chunks[k], lambda k, i: by_id[k][i])
+    own = [f for fs in plan.own_frames(frames) for f in fs]
+    stitched = Stitched("v", plan, lambda k: chunks[k], lambda k, i: by_id[k][i], own)
     filters = filters or FiltersConfig(min_visible_frames=0, dedup_iou=None)
-    return list(stitched.records(stitched.judge(filters))), plan.boundaries
+    return list(JudgedMasklets(stitched, judge(stitched, filters))), plan.boundaries
 
 
 def test_a_masklet_keeps_its_id_across_a_boundary_each_chunk_giving_half_the_overlap() -> None:

@@ -21,7 +21,7 @@ is written as little-endian 5-bit groups, sign-terminated, one char per group (+
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
@@ -203,8 +203,7 @@ def _parse(rles: Sequence[RLE]) -> tuple[np.ndarray, np.ndarray, list[tuple[int,
             raise ValueError("RLE counts must be a compressed str or bytes, not an uncompressed list")
         sizes.append((int(size[0]), int(size[1])))
     strings = [rle["counts"] for rle in rles]
-    step = max(1, len(strings) * _CHUNK_CHARS // max(sum(map(len, strings)), 1))
-    parts = [_strings_to_counts(strings[i : i + step]) for i in range(0, max(len(strings), 1), step)]
+    parts = [_strings_to_counts(strings[i : i + step]) for i, step in _spans(rles)] or [_strings_to_counts([])]
     runs, n_runs = (np.concatenate(p) for p in zip(*parts, strict=True))
     if (runs < 0).any():
         raise ValueError("RLE counts string decodes to a negative run length")
@@ -274,6 +273,18 @@ def area_batch(rles: Sequence[RLE]) -> np.ndarray:
 
     Per-call overhead dominates small masks, so a frame's objects are cheaper counted together.
     """
+    return np.concatenate([_areas(rles[i : i + step]) for i, step in _spans(rles)] or [np.zeros(0, np.int64)])
+
+
+def _spans(rles: Sequence[RLE]) -> Iterator[tuple[int, int]]:
+    """(start, length) of consecutive groups of about _CHUNK_CHARS characters of counts: a long masklet's
+    RLEs are parsed a group at a time, its run lengths (8 bytes per run) never all at once."""
+    chars = sum(len(rle["counts"]) for rle in rles)
+    step = max(1, len(rles) * _CHUNK_CHARS // max(chars, 1))
+    return ((i, step) for i in range(0, len(rles), step))
+
+
+def _areas(rles: Sequence[RLE]) -> np.ndarray:
     runs, n_runs, _ = _parse(rles)
     on = np.concatenate(([0], np.cumsum(np.where(_segment_index(n_runs) % 2 == 1, runs, 0))))
     ends = np.cumsum(n_runs)

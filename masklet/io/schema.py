@@ -292,6 +292,13 @@ class VideoRecord:
                 raise ValueError(f"video {self.original_key!r} is ok but lacks {', '.join(missing)}")
 
 
+def repeated_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth Parquet's dictionary encoding: the scalar strings, whose values repeat (a video
+    key, a reason, a model). Per-frame lists (RLEs, scores) are almost all distinct: a dictionary for
+    them is hash tables the size of the row group in the writer's memory, for pages no smaller."""
+    return [f.name for f in schema if f.type == pa.string()]
+
+
 def with_added_columns(table: pa.Table, schema: pa.Schema, columns: Sequence[str]) -> pa.Table:
     """`table` (read from a shard of an older schema version) with the `columns` it lacks that were added
     since (`ADDED_COLUMNS`) as nulls, in the order asked for; any other missing column is an error."""
@@ -343,7 +350,7 @@ def _table(
             values = derived[f.name]
         else:
             values = [getattr(r, f.name) for r in records]
-        columns[f.name] = pa.array(values, type=f.type)
+        columns[f.name] = pa.array(values, type=f.type, memory_pool=pa.system_memory_pool())
     return pa.table(columns, schema=schema)
 
 

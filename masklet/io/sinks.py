@@ -41,17 +41,19 @@ from masklet.io.schema import (
     VideoRecord,
     empty_counts,
     masklets_table,
+    repeated_columns,
     videos_table,
 )
 from masklet.io.storage import RetryPolicy, StagedFile, StorageError
 
 _VIDEO_EXT = re.compile(r"[a-z0-9]{1,5}")
-# masklet rows wait until they hold about this much memory, then go to the staged Parquet file as one row
+# masklet rows wait, as Arrow, until they hold this much, then go to the staged Parquet file as one row
 # group: a worker's memory does not grow with the number of videos in its shard, and row groups stay large
 ROW_GROUP_BYTES = 64 * 2**20
-# what a row's entry for one frame holds besides its RLE string, as Python objects (list slots, the str
-# header, an int, three floats; measured about 240): small masks' rows are mostly this, not their RLEs
-ENTRY_BYTES = 200
+# masklet records become Arrow a few at a time, once they hold this many frame entries together, or their
+# video ends: as Python objects a frame's entry costs about 240 bytes besides its RLE, as Arrow the RLE and
+# 24; and one batch's buffers, not a row group's, are what a conversion allocates
+BATCH_ENTRIES = 4096
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ class ShardWriter:
         self._io = {"retry": retry}
         self._files = shard_files(shard_id)
         self._videos: list[VideoRecord] = []
-        self._pending: list[MaskletRecord] = []  # masklet rows not yet in a row group
+        self._pending: list[pa.Table] = []  # masklet rows not yet in a row group
         self._pending_bytes = 0
         self._masklet_counts: dict[str, tuple[int, int]] = {}  # video key -> (masklets, kept)
         self._keys: set[str] = set()
@@ -174,7 +176,13 @@ class ShardWriter:
         self._parquet_stage = StagedFile(self._uri("masklets"), **self._io)
         # open across add_video calls; closed by commit() or abort()
         self._tar = tarfile.open(self._tar_stage.path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
-        self._parquet = pq.ParquetWriter(self._parquet_stage.path, MASKLETS_SCHEMA, compression="zstd")
+        self._parquet = pq.ParquetWriter(
+            self._parquet_stage.path,
+            MASKLETS_SCHEMA,
+            compression="zstd",
+            use_dictionary=repeated_columns(MASKLETS_SCHEMA),
+            memory_pool=pa.system_memory_pool(),
+        )
         self._open = True
 
     def __enter__(self) -> ShardWriter:
@@ -298,14 +306,26 @@ class ShardWriter:
         """The video's row and its masklet rows, a row group whenever ROW_GROUP_BYTES of rows wait."""
         self._keys.add(video.video_key)
         self._videos.append(video)
-        total = kept = 0
+        total = kept = entries = 0
+        batch: list[MaskletRecord] = []
         for m in masklets:
-            total, kept = total + 1, kept + m.kept
-            self._pending.append(m)
-            self._pending_bytes += sum(len(counts) for counts in m.rle) + ENTRY_BYTES * len(m.rle)
-            if self._pending_bytes >= ROW_GROUP_BYTES:
-                self._write_row_group()
+            total, kept, entries = total + 1, kept + m.kept, entries + len(m.frame_indices)
+            batch.append(m)
+            if entries >= BATCH_ENTRIES:
+                self._add_batch(batch)
+                batch, entries = [], 0
+        self._add_batch(batch)
         self._masklet_counts[video.video_key] = (total, kept)
+
+    def _add_batch(self, masklets: list[MaskletRecord]) -> None:
+        """Masklet rows as Arrow, waiting for their row group (written when ROW_GROUP_BYTES wait)."""
+        if not masklets:
+            return
+        table = masklets_table(masklets, model=self.model, config_hash=self.config_hash)
+        self._pending.append(table)
+        self._pending_bytes += table.nbytes
+        if self._pending_bytes >= ROW_GROUP_BYTES:
+            self._write_row_group()
 
     def _check_video(
         self, video: VideoRecord, masklets: Sequence[MaskletRecord], video_bytes: bytes | None, video_ext: str
@@ -354,9 +374,8 @@ class ShardWriter:
         """The waiting masklet rows, as one row group of the staged masklets file."""
         if not self._pending:
             return
-        table = masklets_table(self._pending, model=self.model, config_hash=self.config_hash)
         try:
-            self._parquet.write_table(table)
+            self._parquet.write_table(pa.concat_tables(self._pending))
         except OSError as exc:
             storage.raise_disk_full(exc, self._uri("masklets"), self._parquet_stage.path)
             raise
@@ -364,7 +383,7 @@ class ShardWriter:
 
     def _write_parquet(self, name: str, table: pa.Table) -> tuple[int, str]:
         with storage.staged_file(self._uri(name), **self._io) as stage:
-            pq.write_table(table, stage, compression="zstd")
+            pq.write_table(table, stage, compression="zstd", use_dictionary=repeated_columns(table.schema))
             return fingerprint(stage)
 
     def _remove_marker(self) -> None:

@@ -21,23 +21,38 @@ import socket
 import tempfile
 import time
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import Any
 
 import pyarrow.parquet as pq
 
 from masklet.config import FiltersConfig, SourceConfig
 from masklet.io import storage
 from masklet.io.outputs import read_marker, read_table
-from masklet.io.schema import MaskletRecord, VideoRecord, empty_counts, masklets_table
-from masklet.io.sinks import SavObject, ShardWriter, is_done, write_sav_rows
+from masklet.io.schema import (
+    MASKLETS_SCHEMA,
+    MaskletRecord,
+    VideoRecord,
+    masklets_table,
+    repeated_columns,
+)
+from masklet.io.sinks import ShardWriter, is_done
 from masklet.io.sources import VideoError, VideoInput, iter_videos
 from masklet.io.storage import StorageError
 from masklet.io.video import VideoStream
 from masklet.jobs import split as splits
-from masklet.jobs.shard import LabeledVideo, ShardResult, ShardWatch, error_row, label_video, write_labeled
+from masklet.jobs.shard import (
+    LabeledVideo,
+    ShardResult,
+    ShardWatch,
+    error_row,
+    label_video,
+    write_labeled,
+    write_streamed,
+)
 from masklet.jobs.split import ChunkUnit, SplitVideo, StitchUnit
 from masklet.pipelines.contract import VideoPipeline
 from masklet.pipelines.stitching import Stitched, plan_stitch
+from masklet.pipelines.streamed import JudgedMasklets, judge
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +80,11 @@ def process_chunk(
     item = _find(split, source)
     video = label_video(item, pipeline, source, watch, span=(start, stop))
     checksums = watch.stream.checksums if watch.stream is not None else []
-    table = masklets_table(video.masklets, model=model, config_hash=config_hash)
+    table = masklets_table(list(video.masklets), model=model, config_hash=config_hash)  # each built once
     with storage.staged_file(splits.chunk_uri(output_uri, split, index, "parquet")) as stage:
-        pq.write_table(table, stage, compression="zstd", row_group_size=1)  # a masklet is read alone
+        pq.write_table(  # a masklet is read alone
+            table, stage, compression="zstd", row_group_size=1, use_dictionary=repeated_columns(MASKLETS_SCHEMA)
+        )
     watch.before_commit()
     row = {
         "video": dataclasses.asdict(video.record),
@@ -127,25 +144,18 @@ def stitch_split(
             frames = [r.frame_indices for r in rows]
             plan = plan_stitch(chunks.masklets, frames, min_iou)
             boundaries = [dataclasses.asdict(b) for b in plan.boundaries]
-            stitched = Stitched(split.video_key, plan, chunks.masklets, chunks.masklet)
-            verdicts = stitched.judge(filters)
-            windowed = plan.own_frames(frames)
+            own = [f for fs in plan.own_frames(frames) for f in fs]
+            stitched = Stitched(split.video_key, plan, chunks.masklets, chunks.masklet, own)
             record = VideoRecord(
                 **split.video,
-                frame_indices=[f for fs in windowed for f in fs],
+                frame_indices=own,
                 frames_decoded=sum(r.frames_decoded or 0 for r in rows),
                 decode_seconds=sum(r.decode_seconds for r in rows),
                 model_seconds=sum(r.model_seconds for r in rows),
                 total_seconds=sum(r.total_seconds for r in rows) + time.perf_counter() - t0,
             )
-            kept = sorted(i for i, v in verdicts.items() if v.reason is None)
-            objects = [SavObject(i, verdicts[i].source, verdicts[i].edit_count) for i in kept]
-            empty = empty_counts(int(record.height), int(record.width))
-
-            def document(out: BinaryIO) -> None:
-                write_sav_rows(out, record, objects, record.frame_indices, stitched.sav_rows(windowed, kept, empty))
-
-            writer.add_streamed_video(record, stitched.records(verdicts), document, video_bytes=data, video_ext=ext)
+            masklets = JudgedMasklets(stitched, judge(stitched, filters))
+            write_streamed(writer, record, masklets, video_bytes=data, video_ext=ext)
             video = LabeledVideo(record, [])
         about = {"of_shard": split.shard.id, "chunks_by": [doc["by"] for doc in docs], "boundaries": boundaries}
         marker = writer.commit(extra={"host": socket.gethostname(), **dict(extra or {}), "split": about})

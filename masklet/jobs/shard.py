@@ -14,19 +14,20 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from masklet.config import SourceConfig, SplitConfig
 from masklet.io.errors import InputError, printable_message
-from masklet.io.schema import MaskletRecord, VideoRecord
-from masklet.io.sinks import ShardWriter
+from masklet.io.schema import MaskletRecord, VideoRecord, empty_counts
+from masklet.io.sinks import SavObject, ShardWriter, write_sav_rows
 from masklet.io.sources import Shard, VideoError, VideoInput, iter_videos
 from masklet.io.tars import sanitize_key
 from masklet.io.video import FRAME_FOLDER_FPS, FrameFiles, VideoStream, open_video
 from masklet.jobs.split import SplitVideo, plan_split, write_plan
 from masklet.pipelines.contract import VideoPipeline
+from masklet.pipelines.streamed import JudgedMasklets
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,15 @@ class LabeledVideo:
     long for one worker is not labelled: `split` says how its chunks will be."""
 
     record: VideoRecord
-    masklets: list[MaskletRecord]
+    masklets: Sequence[MaskletRecord]  # a list, or a JudgedMasklets (built one at a time)
     data: bytes | None = None
     split: SplitVideo | None = None
+
+    @property
+    def num_kept(self) -> int:
+        """Its masklets the filters kept, counted without building a streamed video's records again."""
+        m = self.masklets
+        return len(m.kept_ids) if isinstance(m, JudgedMasklets) else sum(x.kept for x in m)
 
 
 # Whether an opened video is split (masklet.jobs.split): its plan, or None to label it here.
@@ -144,7 +151,8 @@ def run_video(
         watch.stream_opened(stream)
     with stream:
         t1 = time.perf_counter()
-        masklets = list(pipeline(item, stream))
+        output = pipeline(item, stream)
+        masklets = output if isinstance(output, JudgedMasklets) else list(output)
         in_pipeline = time.perf_counter() - t1
     record = VideoRecord(
         item.key,
@@ -202,6 +210,7 @@ def process_shard(
             if video.record.status == "error":
                 failed.append((video.record.video_key, video.record.error_type or "", video.record.error or ""))
             watch.video_done(video)
+            del video  # its masklets are the writer's rows now: not held while the next video is labelled
         watch.before_commit()
         split_ids = {"split_videos": [s.split_id for s in splits]} if splits else {}
         marker = writer.commit(extra={"host": socket.gethostname(), **dict(extra or {}), **split_ids})
@@ -231,6 +240,9 @@ def _splitter(shard: Shard, config: SplitConfig, source: SourceConfig) -> Splitt
 def write_labeled(writer: ShardWriter, video: LabeledVideo, item: VideoInput | VideoError | None) -> LabeledVideo:
     """Hand a video to the writer; output the writer refuses (the pipeline broke the schema) is an error row."""
     ext = item.ext if isinstance(item, VideoInput) and item.ext else "mp4"
+    if isinstance(video.masklets, JudgedMasklets):  # a built-in pipeline's, well formed
+        write_streamed(writer, video.record, video.masklets, video_bytes=video.data, video_ext=ext)
+        return video
     try:
         writer.add_video(video.record, video.masklets, video_bytes=video.data, video_ext=ext)
     except ValueError as exc:
@@ -242,6 +254,27 @@ def write_labeled(writer: ShardWriter, video: LabeledVideo, item: VideoInput | V
         writer.add_video(record)
         return LabeledVideo(record, [])
     return video
+
+
+def write_streamed(
+    writer: ShardWriter,
+    record: VideoRecord,
+    masklets: JudgedMasklets,
+    *,
+    video_bytes: bytes | None = None,
+    video_ext: str = "mp4",
+) -> None:
+    """An ok video's masklets, one at a time, and its SA-V document, a window of frames at a time (on the
+    video's annotated frames and any a masklet has an entry on, as `write_sav_annotation`'s)."""
+    verdicts = masklets.verdicts
+    objects = [SavObject(i, verdicts[i].source, verdicts[i].edit_count) for i in masklets.kept_ids]
+    frames = masklets.sav_axis(record.frame_indices)
+    empty = empty_counts(int(record.height), int(record.width))
+
+    def document(out: BinaryIO) -> None:
+        write_sav_rows(out, record, objects, frames, masklets.sav_rows(frames, empty))
+
+    writer.add_streamed_video(record, masklets, document, video_bytes=video_bytes, video_ext=video_ext)
 
 
 def error_row(key: str, original_key: str, source_uri: str, error_type: str, error: str, **known: Any) -> VideoRecord:

@@ -58,14 +58,14 @@ class _Tally(ShardWatch):
             with self.worker.lock:
                 self.stream, self.video_key = None, None
             return
+        kept = video.num_kept
         with self.worker.lock:
             self.videos += 1
             self.videos_error += record.status == "error"
             self.frames += len(record.frame_indices)
             self.masklets += len(masklets)
-            self.masklets_kept += sum(m.kept for m in masklets)
+            self.masklets_kept += kept
             self.stream, self.video_key = None, None
-        kept = sum(m.kept for m in masklets)
         metrics = self.worker.metrics
         metrics.video(ok=record.status == "ok", frames=len(record.frame_indices), masklets=len(masklets), kept=kept)
         metrics.fps.set(self.frames / max(time.monotonic() - self.shard_started, 1e-9))

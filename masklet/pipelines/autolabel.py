@@ -49,7 +49,6 @@ from torch import Tensor
 
 from masklet.config import JobConfig, PipelineConfig
 from masklet.io import rle
-from masklet.io.schema import MaskletRecord
 from masklet.io.sources import VideoInput
 from masklet.io.video import Frame
 from masklet.model import SAM2Model
@@ -57,8 +56,8 @@ from masklet.model.sam2 import ImageFeatures
 from masklet.model.tracker import TrackOutput
 from masklet.pipelines.automask import AutoMaskConfig, AutoMaskGenerator
 from masklet.pipelines.contract import FrameStream
-from masklet.pipelines.filters import apply_filters
-from masklet.pipelines.quality import MaskletSequences
+from masklet.pipelines.quality import MaskletSequences, PackedMasklets
+from masklet.pipelines.streamed import JudgedMasklets, judge
 from masklet.pipelines.tracking import Reopen, Tracker, TrackerFactory, record, replay_backward, tracker_factory
 
 COVERED_FRACTION = 0.5  # a candidate this much inside tracked masks is part of them, not a new object
@@ -183,9 +182,9 @@ class AutoLabeler:
         every = self.config.reseed_every
         return position == 0 or (every is not None and position % every == 0)
 
-    def __call__(self, key: str, frames: Iterable[Frame], reopen: Reopen | None = None) -> list[MaskletRecord]:
-        """Every masklet of the video, unfiltered. `reopen(start, stop)` decodes annotated positions
-        start..stop-1 again (needed with `propagate_backward`)."""
+    def __call__(self, key: str, frames: Iterable[Frame], reopen: Reopen | None = None) -> PackedMasklets:
+        """Every masklet of the video, unfiltered, packed (`.records()` lists them). `reopen(start, stop)`
+        decodes annotated positions start..stop-1 again (needed with `propagate_backward`)."""
         c = self.config
         tracker = self.make_tracker(reverse=False, start=0)
         sequences = MaskletSequences(key, source="auto", stability_offset=c.stability_score_offset)
@@ -241,7 +240,7 @@ class AutoLabeler:
             if reopen is None:
                 raise ValueError("propagate_backward needs the video decoded again, and no reopen was given")
             self._backward(births, reopen, sequences)
-        return sequences.records(edits)
+        return sequences.finish(edits)
 
     def _backward(self, births: dict[int, tuple[int, rle.RLE]], reopen: Reopen, sequences: MaskletSequences) -> None:
         """Track late-born masklets from their birth frames back toward the first frame, each added to a
@@ -287,14 +286,16 @@ def automask_config(config: PipelineConfig) -> AutoMaskConfig:
 
 def build_pipeline(
     config: JobConfig, model: SAM2Model, device: torch.device
-) -> Callable[[VideoInput, FrameStream], list[MaskletRecord]]:
-    """The factory (masklet.pipelines.contract): every masklet of a video, filtered."""
+) -> Callable[[VideoInput, FrameStream], JudgedMasklets]:
+    """The factory (masklet.pipelines.contract): every masklet of a video, filtered, never all held as
+    records (masklet.pipelines.streamed)."""
     c = config.pipeline
     max_cond = MAX_COND_FRAMES if c.reseed_every is not None else None
     generator = AutoMaskGenerator(model, automask_config(c))
     labeler = AutoLabeler(c, tracker_factory(model, max_cond_frames=max_cond), generator.generate)
 
-    def pipeline(video: VideoInput, frames: FrameStream) -> list[MaskletRecord]:
-        return apply_filters(labeler(video.key, frames, frames.reopen), config.filters)
+    def pipeline(video: VideoInput, frames: FrameStream) -> JudgedMasklets:
+        store = labeler(video.key, frames, frames.reopen)
+        return JudgedMasklets(store, judge(store, config.filters))
 
     return pipeline

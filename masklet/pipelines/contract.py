@@ -8,13 +8,16 @@ pipeline once by calling a *factory*:
 
 and then calls the pipeline once per video:
 
-    pipeline(video: VideoInput, frames: FrameStream) -> list[MaskletRecord]
+    pipeline(video: VideoInput, frames: FrameStream) -> Sequence[MaskletRecord]
 
 `frames` yields the decoded annotated frames (`masklet.io.video.Frame`), knows the video's size, and
 `reopen(start, stop)` gives annotated positions start..stop-1 again for a backward pass, decoded from
 what the runner already holds (a pipeline never reads the source itself) at a cost that grows with
 the frames asked for, not with `start` (`VideoStream` seeks to the keyframe before them). The
-pipeline returns every masklet of the video, kept or not, RLE-encoded at the video's resolution. It
+pipeline returns every masklet of the video, kept or not, RLE-encoded at the video's resolution: a
+list, or a `masklet.pipelines.streamed.JudgedMasklets`, whose records are built one at a time as the
+writer takes them, so a long video's masklets are never all in memory as records (the built-in
+automatic pipeline's). It
 raises for a video it cannot label: an `InputError` (a bad prompt, a decode error while iterating)
 becomes the video's error row. Timing is the runner's: the time the pipeline waits for frames is
 decode time, the rest of its call is model time.
@@ -29,7 +32,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from masklet.config import ConfigError, JobConfig
@@ -68,7 +71,7 @@ class FrameStream(Protocol):
 
 
 class VideoPipeline(Protocol):
-    def __call__(self, video: VideoInput, frames: FrameStream) -> list[MaskletRecord]: ...
+    def __call__(self, video: VideoInput, frames: FrameStream) -> Sequence[MaskletRecord]: ...
 
 
 PipelineFactory = Callable[["JobConfig", "SAM2Model", "torch.device"], VideoPipeline]

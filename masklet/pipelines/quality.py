@@ -12,9 +12,12 @@ The scores are stored on every tracked frame, visible or not; the masklet means 
 
 from __future__ import annotations
 
+import math
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,12 +77,43 @@ def frame_quality(
     )
 
 
+class _Entries:
+    """One object's frame entries in the order given, packed: about 30 bytes and its RLE each, where Python
+    objects (a dict slot, a tuple, a str, three floats) took about 280, for every masklet-frame of a video."""
+
+    def __init__(self) -> None:
+        self.frames = array("i")
+        self.scores = array("f")  # pred_iou, stability, object_score of each entry
+        self.counts = bytearray()  # the RLE counts of every entry, one after another (ASCII)
+        self.ends = array("q")  # where each entry's counts end in `counts`
+
+    def add(self, frame: int, counts: str, pred_iou: float, stability: float, object_score: float) -> None:
+        self.frames.append(frame)
+        self.scores.extend((pred_iou, stability, object_score))
+        self.counts += counts.encode("ascii")
+        self.ends.append(len(self.counts))
+
+    def latest(self) -> np.ndarray:
+        """Indices of the entries that stand, by increasing frame: the last one given for each frame."""
+        frames = np.frombuffer(self.frames, dtype=np.int32)
+        order = np.argsort(frames, kind="stable")
+        ordered = frames[order]
+        return order[np.append(ordered[1:] != ordered[:-1], True)]  # the last of each run of one frame
+
+    def counts_of(self, at: np.ndarray) -> list[str]:
+        """The RLE counts of entries `at`."""
+        ends = np.frombuffer(self.ends, dtype=np.int64)
+        starts = np.concatenate([[0], ends[:-1]])
+        view = memoryview(self.counts)
+        return [str(view[a:b], "ascii") for a, b in zip(starts[at].tolist(), ends[at].tolist(), strict=True)]
+
+
 class MaskletSequences:
     """Per-object sequences of one video, filled one frame at a time, turned into records at the end.
 
     Objects may start late (a new masklet) or be visited twice (forward and backward passes both
     reach a prompted frame): the last values given for an (object, frame) win, and frames are
-    sorted on output. Only RLE strings and floats are held, never masks.
+    sorted on output. Only RLE bytes and float32 scores are held, packed (`_Entries`), never masks.
     """
 
     def __init__(
@@ -92,11 +126,11 @@ class MaskletSequences:
         self.mask_threshold = mask_threshold
         self.stability_offset = stability_offset
         self._size: tuple[int, int] | None = None
-        self._frames: dict[int, dict[int, tuple[str, float, float, float]]] = {}
+        self._entries: dict[int, _Entries] = {}
 
     @property
     def obj_ids(self) -> list[int]:
-        return sorted(self._frames)
+        return sorted(self._entries)
 
     def add_frame(
         self, frame_index: int, obj_ids: Sequence[int], logits: Tensor, pred_iou: Tensor, object_score: Tensor
@@ -117,31 +151,75 @@ class MaskletSequences:
         elif self._size != (q.height, q.width):
             raise ValueError(f"{where}: masks {q.height}x{q.width}, earlier ones {self._size[0]}x{self._size[1]}")
         for i, obj in enumerate(obj_ids):
-            entry = (q.counts[i], q.pred_iou[i], q.stability[i], q.object_score[i])
-            self._frames.setdefault(int(obj), {})[int(frame_index)] = entry
+            entries = self._entries.setdefault(int(obj), _Entries())
+            entries.add(int(frame_index), q.counts[i], q.pred_iou[i], q.stability[i], q.object_score[i])
+
+    def finish(self, edit_counts: Mapping[int, int] | None = None) -> PackedMasklets:
+        """The video's masklets (`edit_counts`: automatic edits per object), as they stand now."""
+        return PackedMasklets(self, edit_counts or {})
 
     def records(self, edit_counts: Mapping[int, int] | None = None) -> list[MaskletRecord]:
         """One record per object, by increasing id; all kept (the filters decide later)."""
-        if self._size is None:
-            return []
+        return self.finish(edit_counts).records()
+
+
+class PackedMasklets:
+    """A video's masklets from its `MaskletSequences`, a `masklet.pipelines.streamed.MaskletStore`: a record
+    is built when asked for, of one masklet whole or of every masklet on a window of `window_frames`
+    frames (64 objects on 256 frames: 16,384 entries, a few MB as records)."""
+
+    def __init__(self, sequences: MaskletSequences, edit_counts: Mapping[int, int], window_frames: int = 256) -> None:
+        self.video_key, self.source = sequences.video_key, sequences.source
+        self._size = sequences._size
+        self._entries = sequences._entries
+        self._edits = dict(edit_counts)
+        # per object: the entries that stand, and their frames (increasing)
+        self._standing = {obj: self._entries[obj].latest() for obj in sorted(self._entries)}
+        self._frames = {
+            obj: np.frombuffer(self._entries[obj].frames, dtype=np.int32)[at] for obj, at in self._standing.items()
+        }
+        every = np.unique(np.concatenate(list(self._frames.values()))) if self._frames else np.zeros(0, np.int32)
+        cuts = every[window_frames::window_frames].tolist()
+        self.windows: list[tuple[float, float]] = list(zip([-math.inf, *cuts], [*cuts, math.inf], strict=True))
+        self._every = every
+
+    def ids(self) -> list[int]:
+        return list(self._standing)
+
+    def masklet(self, masklet_id: int) -> MaskletRecord:
+        return self._record(masklet_id, 0, len(self._standing[masklet_id]))
+
+    def window(self, k: int, ids: set[int] | None = None) -> list[MaskletRecord]:
+        lo, hi = self.windows[k]
+        out = []
+        for obj, frames in self._frames.items():
+            a, b = np.searchsorted(frames, [lo, hi]).tolist()
+            if b > a and (ids is None or obj in ids):
+                out.append(self._record(obj, a, b))
+        return out
+
+    def frames(self) -> set[int]:
+        return set(self._every.tolist())
+
+    def records(self) -> list[MaskletRecord]:
+        """Every masklet, by increasing id."""
+        return [self.masklet(obj) for obj in self.ids()]
+
+    def _record(self, obj: int, a: int, b: int) -> MaskletRecord:
+        """Object `obj`'s standing entries a..b-1 (by frame) as a record."""
+        assert self._size is not None, "objects have entries, so a size"
         h, w = self._size
-        empty = empty_counts(h, w)
-        edits = edit_counts or {}
-        records = []
-        for obj in self.obj_ids:
-            frames = sorted(self._frames[obj])
-            counts, pred_iou, stability, score = zip(*(self._frames[obj][f] for f in frames), strict=True)
-            records.append(
-                MaskletRecord.from_frames(
-                    self.video_key,
-                    obj,
-                    source=self.source,
-                    frame_indices=frames,
-                    rles=[{"size": [h, w], "counts": c or empty} for c in counts],
-                    pred_iou=pred_iou,
-                    stability=stability,
-                    object_score=score,
-                    edit_count=edits.get(obj, 0),
-                )
-            )
-        return records
+        empty, size = empty_counts(h, w), [h, w]  # one size list for every frame's RLE
+        entries, at = self._entries[obj], self._standing[obj][a:b]
+        scores = np.frombuffer(entries.scores, dtype=np.float32).reshape(-1, 3)[at]
+        return MaskletRecord.from_frames(
+            self.video_key,
+            obj,
+            source=self.source,
+            frame_indices=self._frames[obj][a:b].tolist(),
+            rles=[{"size": size, "counts": c or empty} for c in entries.counts_of(at)],
+            pred_iou=scores[:, 0].tolist(),
+            stability=scores[:, 1].tolist(),
+            object_score=scores[:, 2].tolist(),
+            edit_count=self._edits.get(obj, 0),
+        )

@@ -17,11 +17,12 @@ with no entry in its chunk's window gets none). Matching is between consecutive 
 unseen through a whole overlap comes back as a new masklet, as a released one does in an unsplit video.
 
 Nothing here holds more than two chunks or one stitched masklet: `plan_stitch` reads the chunks one
-after another; `Stitched` joins each masklet from its pieces (`joined`), one at a time, to judge it
-(the job's filters, as `apply_filters` would on the whole list: the tube IoUs of the duplicate filter
-are summed chunk by chunk, each frame's labels being one chunk's) and again to hand it to the writer,
-and gives the SA-V document's rows chunk by chunk. Summary columns are recomputed from the joined
-per-frame lists; `edit_count` is the sum of the pieces' counts.
+after another; `Stitched` is a store (masklet.pipelines.streamed) that joins each masklet from its
+pieces (`joined`), one at a time, and gives a chunk's masklets in its window: the job's filters judge
+them (the tube IoUs of the duplicate filter summed chunk by chunk, each frame's labels being one
+chunk's), the writer takes them one at a time, and the SA-V document's rows come chunk by chunk.
+Summary columns are recomputed from the joined per-frame lists; `edit_count` is the sum of the
+pieces' counts.
 """
 
 from __future__ import annotations
@@ -34,16 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from masklet.config import FiltersConfig
 from masklet.io.schema import MaskletRecord
-from masklet.pipelines.filters import (
-    greedy_duplicates,
-    ious_from_sums,
-    quality_key,
-    reject_reason,
-    tube_ious,
-    tube_sums,
-)
+from masklet.pipelines.filters import tube_ious
 
 PER_FRAME = ("frame_indices", "rle", "area", "pred_iou", "stability", "object_score")
 
@@ -170,68 +163,29 @@ ChunkReader = Callable[[int], Sequence[MaskletRecord]]
 PieceReader = Callable[[int, int], MaskletRecord]
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """A stitched masklet judged: why the filters drop it (None: kept), and what its SA-V entry says."""
-
-    reason: str | None
-    source: str
-    edit_count: int
-
-
 class Stitched:
-    """A split video's stitched masklets, judged and handed over one at a time."""
+    """A split video's stitched masklets, a `masklet.pipelines.streamed.MaskletStore`: one masklet joined
+    from its pieces, or one chunk's masklets in its window, at a time. `frames`: the stitched video's
+    annotated frames (`StitchPlan.own_frames`, joined)."""
 
-    def __init__(self, video_key: str, plan: StitchPlan, chunk: ChunkReader, piece: PieceReader) -> None:
+    def __init__(
+        self, video_key: str, plan: StitchPlan, chunk: ChunkReader, piece: PieceReader, frames: Sequence[int]
+    ) -> None:
         self.video_key, self.plan, self.chunk, self.piece = video_key, plan, chunk, piece
+        self.windows = plan.windows
+        self._pieces = plan.pieces()
+        self._frames = set(frames)
 
-    def masklet(self, masklet_id: int, pieces: Sequence[tuple[int, int]]) -> MaskletRecord | None:
+    def ids(self) -> list[int]:
+        return sorted(self._pieces)
+
+    def masklet(self, masklet_id: int) -> MaskletRecord | None:
+        pieces = self._pieces[masklet_id]
         parts = [p for k, local in pieces for p in in_window(self.plan, k, [self.piece(k, local)])]
         return joined(self.video_key, masklet_id, parts)
 
-    def judge(self, filters: FiltersConfig) -> dict[int, Verdict]:
-        """Per stitched masklet, `filters`' verdict, as `apply_filters` decides on them all."""
-        reasons: dict[int, str | None] = {}
-        keys, about = {}, {}
-        for masklet_id, pieces in self.plan.pieces().items():
-            m = self.masklet(masklet_id, pieces)
-            if m is not None:
-                reasons[masklet_id], keys[masklet_id] = reject_reason(m, filters), quality_key(m)
-                about[masklet_id] = (m.source, m.edit_count)
-        passed = [i for i, why in reasons.items() if why is None]
-        if filters.dedup_iou is not None and len(passed) > 1:
-            index = {i: n for n, i in enumerate(passed)}
-            inter, total = np.zeros((len(passed), len(passed))), np.zeros(len(passed))
-            for k in range(len(self.plan.ids)):
-                ms = [m for m in in_window(self.plan, k, self.chunk(k)) if m.masklet_id in index]
-                if ms:
-                    at = [index[m.masklet_id] for m in ms]
-                    chunk_inter, chunk_total = tube_sums(ms)
-                    inter[np.ix_(at, at)] += chunk_inter
-                    total[at] += chunk_total
-            ious = ious_from_sums(inter, total)
-            dups = greedy_duplicates([keys[i] for i in passed], passed, ious, filters.dedup_iou)
-            reasons.update({i: f"duplicate_of:{d}" for i, d in zip(passed, dups, strict=True) if d is not None})
-        return {i: Verdict(why, *about[i]) for i, why in reasons.items()}
+    def window(self, k: int, ids: set[int] | None = None) -> list[MaskletRecord]:
+        return [m for m in in_window(self.plan, k, self.chunk(k)) if ids is None or m.masklet_id in ids]
 
-    def records(self, verdicts: dict[int, Verdict]) -> Iterator[MaskletRecord]:
-        """Every stitched masklet by id, kept or dropped as `verdicts` say, one at a time."""
-        for masklet_id, pieces in sorted(self.plan.pieces().items()):
-            m = self.masklet(masklet_id, pieces)
-            if m is not None:
-                why = verdicts[masklet_id].reason
-                yield dataclasses.replace(m, kept=why is None, reject_reason=why)
-
-    def sav_rows(
-        self, own_frames: Sequence[Sequence[int]], kept: Sequence[int], empty: str
-    ) -> Iterator[tuple[list[str], list[float]]]:
-        """Per annotated frame (chunk k's `own_frames[k]`, `StitchPlan.own_frames`, chunk after chunk), the
-        counts and stability of each `kept` masklet (empty and 0 where it has no entry)."""
-        for k, chunk_frames in enumerate(own_frames):
-            entries = {
-                m.masklet_id: dict(zip(m.frame_indices, zip(m.rle, m.stability, strict=True), strict=True))
-                for m in in_window(self.plan, k, self.chunk(k))
-            }
-            for f in chunk_frames:
-                at = [entries.get(i, {}).get(f, ("", 0.0)) for i in kept]
-                yield [c or empty for c, _ in at], [x for _, x in at]
+    def frames(self) -> set[int]:
+        return self._frames
