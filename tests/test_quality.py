@@ -1,3 +1,6 @@
+import os
+import tracemalloc
+
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
@@ -5,7 +8,7 @@ import torch
 
 from masklet.io import rle
 from masklet.pipelines.mask_ops import stability_score
-from masklet.pipelines.quality import MaskletSequences, frame_quality
+from masklet.pipelines.quality import MaskletSequences, _Spill, frame_quality
 
 
 def official_stability(masks: torch.Tensor, mask_threshold: float, threshold_offset: float) -> torch.Tensor:
@@ -82,6 +85,31 @@ def test_sequences_to_records():
     assert r3.stability == [1.0, 1.0, 1.0]
     assert r3.area_rel_mean == pytest.approx(a.sum() / (h * w))
     assert MaskletSequences("empty").records() == []
+
+
+def test_sequences_keep_rles_on_local_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long video's RLEs (1 to 2 KB a masklet-frame at 1080p) are spilled to a file as they come: what
+    stays in memory is a few dozen bytes an entry, and the records read them back."""
+    monkeypatch.setattr(_Spill, "BUFFER_BYTES", 4096)
+    rng = np.random.default_rng(0)
+    noisy = rng.random((40, 64)) < 0.5  # a mask whose RLE is long: ~1.3k runs
+    seq = MaskletSequences("vid")
+
+    def add(frames: range) -> None:
+        for f in frames:
+            seq.add_frame(f, [1], _logits(np.roll(noisy, f, axis=1))[None], torch.tensor([0.9]), torch.tensor([2.0]))
+
+    add(range(100))  # what the first frames start (caches, arrays) is not the per-entry cost
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    add(range(100, 1100))
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    spilled = os.fstat(seq._spill._file.fileno()).st_size
+    assert spilled > 1100 * 1000, "each RLE is over 1 KB"
+    assert held < 1000 * 128, f"{held / 1000:.0f} bytes held an entry"
+    (record,) = seq.records()
+    assert np.array_equal(record.masks(), np.stack([np.roll(noisy, f, axis=1) for f in range(1100)]))
 
 
 def test_sequences_refuse_bad_frames():

@@ -13,6 +13,8 @@ The scores are stored on every tracked frame, visible or not; the masklet means 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -77,21 +79,55 @@ def frame_quality(
     )
 
 
-class _Entries:
-    """One object's frame entries in the order given, packed: about 30 bytes and its RLE each, where Python
-    objects (a dict slot, a tuple, a str, three floats) took about 280, for every masklet-frame of a video."""
+class _Spill:
+    """RLE counts in a local temporary file (unlinked at once: nothing is left behind by a crash), written
+    through a buffer: at 1080p a masklet-frame's RLE is 1 to 2 KB, which for a long video is what would
+    otherwise fill a worker's memory (2 hours, 64 objects at once: about 4 GB of local disk instead)."""
+
+    BUFFER_BYTES = 1 << 20
 
     def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="masklet-rle-")  # noqa: SIM115 (closed with its owner)
+        self._buffer = bytearray()
+        self._flushed = 0
+
+    def add(self, data: bytes) -> int:
+        """Append `data`; where it starts."""
+        start = self._flushed + len(self._buffer)
+        self._buffer += data
+        if len(self._buffer) >= self.BUFFER_BYTES:
+            self.flush()
+        return start
+
+    def flush(self) -> None:
+        self._file.write(self._buffer)
+        self._file.flush()
+        self._flushed += len(self._buffer)
+        self._buffer.clear()
+
+    def read(self, start: int, length: int) -> bytes:
+        """`length` bytes from `start` (flushed)."""
+        return os.pread(self._file.fileno(), length, start) if length else b""
+
+
+class _Entries:
+    """One object's frame entries in the order given, packed: about 30 bytes each, its RLE in the video's
+    `_Spill`, where Python objects (a dict slot, a tuple, a str, three floats) took about 280 and the RLE,
+    for every masklet-frame of a video."""
+
+    def __init__(self, spill: _Spill) -> None:
+        self.spill = spill
         self.frames = array("i")
         self.scores = array("f")  # pred_iou, stability, object_score of each entry
-        self.counts = bytearray()  # the RLE counts of every entry, one after another (ASCII)
-        self.ends = array("q")  # where each entry's counts end in `counts`
+        self.starts = array("q")  # where each entry's RLE counts start in the spill
+        self.lengths = array("i")
 
     def add(self, frame: int, counts: str, pred_iou: float, stability: float, object_score: float) -> None:
+        data = counts.encode("ascii")
         self.frames.append(frame)
         self.scores.extend((pred_iou, stability, object_score))
-        self.counts += counts.encode("ascii")
-        self.ends.append(len(self.counts))
+        self.starts.append(self.spill.add(data))
+        self.lengths.append(len(data))
 
     def latest(self) -> np.ndarray:
         """Indices of the entries that stand, by increasing frame: the last one given for each frame."""
@@ -102,18 +138,18 @@ class _Entries:
 
     def counts_of(self, at: np.ndarray) -> list[str]:
         """The RLE counts of entries `at`."""
-        ends = np.frombuffer(self.ends, dtype=np.int64)
-        starts = np.concatenate([[0], ends[:-1]])
-        view = memoryview(self.counts)
-        return [str(view[a:b], "ascii") for a, b in zip(starts[at].tolist(), ends[at].tolist(), strict=True)]
+        starts = np.frombuffer(self.starts, dtype=np.int64)[at].tolist()
+        lengths = np.frombuffer(self.lengths, dtype=np.int32)[at].tolist()
+        return [str(self.spill.read(a, n), "ascii") for a, n in zip(starts, lengths, strict=True)]
 
 
 class MaskletSequences:
     """Per-object sequences of one video, filled one frame at a time, turned into records at the end.
 
-    Objects may start late (a new masklet) or be visited twice (forward and backward passes both
-    reach a prompted frame): the last values given for an (object, frame) win, and frames are
-    sorted on output. Only RLE bytes and float32 scores are held, packed (`_Entries`), never masks.
+        Objects may start late (a new masklet) or be visited twice (forward and backward passes both
+        reach a prompted frame): the last values given for an (object, frame) win, and frames are
+        sorted on output. Only float32 scores are held, packed (`_Entries`), and RLE bytes are spilled to a
+    local file (`_Spill`); never masks.
     """
 
     def __init__(
@@ -127,6 +163,7 @@ class MaskletSequences:
         self.stability_offset = stability_offset
         self._size: tuple[int, int] | None = None
         self._entries: dict[int, _Entries] = {}
+        self._spill = _Spill()
 
     @property
     def obj_ids(self) -> list[int]:
@@ -151,7 +188,7 @@ class MaskletSequences:
         elif self._size != (q.height, q.width):
             raise ValueError(f"{where}: masks {q.height}x{q.width}, earlier ones {self._size[0]}x{self._size[1]}")
         for i, obj in enumerate(obj_ids):
-            entries = self._entries.setdefault(int(obj), _Entries())
+            entries = self._entries.setdefault(int(obj), _Entries(self._spill))
             entries.add(int(frame_index), q.counts[i], q.pred_iou[i], q.stability[i], q.object_score[i])
 
     def finish(self, edit_counts: Mapping[int, int] | None = None) -> PackedMasklets:
@@ -172,6 +209,7 @@ class PackedMasklets:
         self.video_key, self.source = sequences.video_key, sequences.source
         self._size = sequences._size
         self._entries = sequences._entries
+        sequences._spill.flush()  # every RLE is read from the file from here on
         self._edits = dict(edit_counts)
         # per object: the entries that stand, and their frames (increasing)
         self._standing = {obj: self._entries[obj].latest() for obj in sorted(self._entries)}
