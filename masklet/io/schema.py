@@ -52,6 +52,11 @@ ADDED_COLUMNS = {
     "frames_decoded": 3,
 }
 
+# Arrow memory for rows made from records: the C allocator's, which gives a large freed buffer back at
+# once, where pyarrow's default pool (mimalloc) keeps it. Measured on a worker's shard of 15,000 frames:
+# the rows' conversion raised its resident memory 31 MB with the default pool, under 3 MB with this one.
+ROWS_POOL = pa.system_memory_pool()
+
 MASKLETS_SCHEMA = pa.schema(
     [
         pa.field("video_key", pa.string(), nullable=False),
@@ -350,7 +355,7 @@ def _table(
             values = derived[f.name]
         else:
             values = [getattr(r, f.name) for r in records]
-        columns[f.name] = pa.array(values, type=f.type, memory_pool=pa.system_memory_pool())
+        columns[f.name] = pa.array(values, type=f.type, memory_pool=ROWS_POOL)
     return pa.table(columns, schema=schema)
 
 

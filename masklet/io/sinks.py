@@ -181,7 +181,6 @@ class ShardWriter:
             MASKLETS_SCHEMA,
             compression="zstd",
             use_dictionary=repeated_columns(MASKLETS_SCHEMA),
-            memory_pool=pa.system_memory_pool(),
         )
         self._open = True
 

@@ -111,7 +111,7 @@ class _Spill:
 
 
 class _Entries:
-    """One object's frame entries in the order given, packed: about 30 bytes each, its RLE in the video's
+    """One object's frame entries in the order given, packed: 28 bytes each, its RLE in the video's
     `_Spill`, where Python objects (a dict slot, a tuple, a str, three floats) took about 280 and the RLE,
     for every masklet-frame of a video."""
 
@@ -146,10 +146,10 @@ class _Entries:
 class MaskletSequences:
     """Per-object sequences of one video, filled one frame at a time, turned into records at the end.
 
-        Objects may start late (a new masklet) or be visited twice (forward and backward passes both
-        reach a prompted frame): the last values given for an (object, frame) win, and frames are
-        sorted on output. Only float32 scores are held, packed (`_Entries`), and RLE bytes are spilled to a
-    local file (`_Spill`); never masks.
+    Objects may start late (a new masklet) or be visited twice (forward and backward passes both
+    reach a prompted frame): the last values given for an (object, frame) win, and frames are
+    sorted on output. Scores are held packed (`_Entries`), RLE bytes in a local file (`_Spill`),
+    never masks.
     """
 
     def __init__(
