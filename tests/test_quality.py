@@ -1,4 +1,6 @@
+import errno
 import os
+import tempfile
 import tracemalloc
 
 import numpy as np
@@ -110,6 +112,18 @@ def test_sequences_keep_rles_on_local_disk(monkeypatch: pytest.MonkeyPatch) -> N
     assert held < 1000 * 128, f"{held / 1000:.0f} bytes held an entry"
     (record,) = seq.records()
     assert np.array_equal(record.masks(), np.stack([np.roll(noisy, f, axis=1) for f in range(1100)]))
+
+
+def test_a_full_disk_under_the_spill_names_the_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Full:
+        def write(self, data: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    seq = MaskletSequences("vid")
+    seq.add_frame(0, [1], torch.zeros(1, 4, 4), torch.zeros(1), torch.zeros(1))
+    monkeypatch.setattr(seq._spill, "_file", Full())
+    with pytest.raises(OSError, match=f"no space left in {tempfile.gettempdir()} for a video's RLEs"):
+        seq.records()
 
 
 def test_sequences_refuse_bad_frames():

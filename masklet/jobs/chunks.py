@@ -74,32 +74,12 @@ def process_chunk(
     """Label chunk `unit.index` of its video and stage its masklets and row (with `extra`, who labelled
     it, which the video's marker lists); raises, staging nothing complete, if that cannot be done for
     a reason that is not the video's."""
+    watch = _Opened(watch or ShardWatch())
     split, index = unit.split, unit.index
-    start = split.spans[index][0]
-    r = _label_and_stage(unit, pipeline, source, output_uri, model, config_hash, _Opened(watch or ShardWatch()), extra)
-    return_freed_memory()  # as after each video of a shard: chunks of videos follow one another
-    own = len(r.frame_indices) if index + 1 == len(split.spans) else split.spans[index + 1][0] - start
-    counts = dict.fromkeys(("videos", "videos_ok", "videos_error", "masklets", "masklets_kept"), 0)
-    counts["frames_processed"] = min(own, len(r.frame_indices))  # the overlap counts in the next chunk
-    seconds = {"decode": r.decode_seconds, "model": r.model_seconds, "videos": r.total_seconds}
-    return ShardResult(unit.id, counts, seconds)
-
-
-def _label_and_stage(
-    unit: ChunkUnit,
-    pipeline: VideoPipeline,
-    source: SourceConfig,
-    output_uri: str,
-    model: str,
-    config_hash: str,
-    watch: _Opened,
-    extra: Mapping[str, Any] | None,
-) -> VideoRecord:
-    """`process_chunk`'s work: the chunk labelled, its masklets and row staged; its row."""
-    split, index = unit.split, unit.index
+    start, stop = split.spans[index]
     watch.video_started(split.video_key)
     item = _find(split, source)
-    video = label_video(item, pipeline, source, watch, span=split.spans[index])
+    video = label_video(item, pipeline, source, watch, span=(start, stop))
     checksums = watch.stream.checksums if watch.stream is not None else []
     table = masklets_table(list(video.masklets), model=model, config_hash=config_hash)  # each built once
     with storage.staged_file(splits.chunk_uri(output_uri, split, index, "parquet")) as stage:
@@ -114,7 +94,14 @@ def _label_and_stage(
     }
     storage.write_bytes(splits.chunk_uri(output_uri, split, index, "json"), json.dumps(row).encode())  # last
     watch.video_done(LabeledVideo(video.record, []))
-    return video.record
+    r = video.record
+    del item, video, table  # as after each video of a shard: chunks of videos follow one another
+    return_freed_memory()
+    own = len(r.frame_indices) if index + 1 == len(split.spans) else split.spans[index + 1][0] - start
+    counts = dict.fromkeys(("videos", "videos_ok", "videos_error", "masklets", "masklets_kept"), 0)
+    counts["frames_processed"] = min(own, len(r.frame_indices))  # the overlap counts in the next chunk
+    seconds = {"decode": r.decode_seconds, "model": r.model_seconds, "videos": r.total_seconds}
+    return ShardResult(unit.id, counts, seconds)
 
 
 def stitch_split(

@@ -224,8 +224,8 @@ def return_freed_memory() -> None:
 
     glibc keeps what a video's frame-sized buffers (decoded frames, masks at the video's size) freed,
     for reuse, and a later video's allocations land between them: a shard of ten 720p videos peaked at
-    0.96-1.0 GB (three runs), 0.69 GB trimmed after each video (`benchmarks/worker_memory.py --size
-    1280x720 --frames 30`). A trim takes milliseconds.
+    0.96-1.0 GB (three runs), 0.70-0.78 GB (four runs) trimmed after each video
+    (`benchmarks/worker_memory.py --size 1280x720 --frames 30`). A trim takes milliseconds.
     """
     if _LIBC is not None:
         _LIBC.malloc_trim(0)

@@ -12,6 +12,7 @@ The scores are stored on every tracked frame, visible or not; the masklet means 
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import tempfile
@@ -100,8 +101,14 @@ class _Spill:
         return start
 
     def flush(self) -> None:
-        self._file.write(self._buffer)
-        self._file.flush()
+        try:
+            self._file.write(self._buffer)
+            self._file.flush()
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # the machine's fault, retried; the folder to enlarge is named
+                where = tempfile.gettempdir()
+                raise OSError(exc.errno, f"no space left in {where} for a video's RLEs (set TMPDIR elsewhere)") from exc
+            raise
         self._flushed += len(self._buffer)
         self._buffer.clear()
 
