@@ -49,7 +49,7 @@ def run(
 ) -> tuple[list[MaskletRecord], TrackerFactoryDouble]:
     trackers = TrackerFactoryDouble(truth)
     truth.max_frames = max_frames
-    records = track_prompts("vid", text, truth, make_tracker=trackers)
+    records = track_prompts("vid", text, truth, make_tracker=trackers).records()
     return records, trackers
 
 

@@ -17,9 +17,8 @@ the frames asked for, not with `start` (`VideoStream` seeks to the keyframe befo
 pipeline returns every masklet of the video, kept or not, RLE-encoded at the video's resolution: a
 list, or a `masklet.pipelines.streamed.JudgedMasklets`, whose records are built one at a time as the
 writer takes them, so a long video's masklets are never all in memory as records (the built-in
-automatic pipeline's). It
-raises for a video it cannot label: an `InputError` (a bad prompt, a decode error while iterating)
-becomes the video's error row. Timing is the runner's: the time the pipeline waits for frames is
+pipelines'). It raises for a video it cannot label: an `InputError` (a bad prompt, a decode error
+while iterating) becomes the video's error row. Timing is the runner's: the time the pipeline waits for frames is
 decode time, the rest of its call is model time.
 
 The factory is `workers.pipeline` ("module:function", a plug-in any user can write) or, when that

@@ -16,13 +16,12 @@ from typing import Literal
 import torch
 
 from masklet.config import JobConfig
-from masklet.io.schema import MaskletRecord
 from masklet.io.sources import VideoInput
 from masklet.model import SAM2Model
 from masklet.pipelines.contract import FrameStream
-from masklet.pipelines.filters import apply_filters
 from masklet.pipelines.prompts import ObjectPrompt, PromptError, parse_prompts, schedule
-from masklet.pipelines.quality import MaskletSequences
+from masklet.pipelines.quality import MaskletSequences, PackedMasklets
+from masklet.pipelines.streamed import JudgedMasklets, judge
 from masklet.pipelines.tracking import Reopen, Tracker, TrackerFactory, record, replay_backward, tracker_factory
 
 
@@ -39,8 +38,9 @@ def track_prompts(
     *,
     make_tracker: TrackerFactory,
     policy: Literal["snap", "exact"] = "snap",
-) -> list[MaskletRecord]:
-    """Every prompted masklet of one video, unfiltered; raises PromptError for a bad prompt."""
+) -> PackedMasklets:
+    """Every prompted masklet of one video, unfiltered, packed (`.records()` lists them); raises
+    PromptError for a bad prompt."""
     if not text:
         raise PromptError(f"video {key!r}: pipeline.mode is prompted but the video has no prompts", key)
     prompts = parse_prompts(
@@ -79,7 +79,7 @@ def track_prompts(
     late = {o: pos for o, pos in first.items() if pos > 0}
     if late:
         _backward(late, by_position, make_tracker, frames.reopen, sequences)
-    return sequences.records()
+    return sequences.finish()
 
 
 def _apply(tracker: Tracker, prompts: list[ObjectPrompt]) -> None:
@@ -105,14 +105,15 @@ def _backward(
 
 def build_pipeline(
     config: JobConfig, model: SAM2Model, device: torch.device
-) -> Callable[[VideoInput, FrameStream], list[MaskletRecord]]:
-    """The factory (masklet.pipelines.contract): every prompted masklet of a video, filtered."""
+) -> Callable[[VideoInput, FrameStream], JudgedMasklets]:
+    """The factory (masklet.pipelines.contract): every prompted masklet of a video, filtered, never all
+    held as records (masklet.pipelines.streamed)."""
     make_tracker = tracker_factory(model)
 
-    def pipeline(video: VideoInput, frames: FrameStream) -> list[MaskletRecord]:
-        records = track_prompts(
+    def pipeline(video: VideoInput, frames: FrameStream) -> JudgedMasklets:
+        store = track_prompts(
             video.key, video.prompts, frames, make_tracker=make_tracker, policy=config.pipeline.prompt_frames
         )
-        return apply_filters(records, config.filters)
+        return JudgedMasklets(store, judge(store, config.filters))
 
     return pipeline
