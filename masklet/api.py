@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import tempfile
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +74,8 @@ class Labeler:
             ext=original.rsplit(".", 1)[1].lower() if "." in original else None,
             prompts=prompts if prompts is None or isinstance(prompts, str) else json.dumps(prompts),
         )
-        return Masklets.of(run_video(item, self.pipeline, self.config.source))
+        with tempfile.TemporaryDirectory(prefix="masklet-video-") as folder:  # a remote video's download
+            return Masklets.of(run_video(item, self.pipeline, self.config.source, folder=folder))
 
 
 class Masklets(list[MaskletRecord]):

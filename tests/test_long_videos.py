@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pytest
 import torch
@@ -157,36 +158,49 @@ def test_backward_decode_costs_at_most_a_keyframe_interval_per_chunk() -> None:
     assert sought < old
 
 
-def test_a_manifest_video_is_downloaded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The worker reads a manifest's video once and every reopen decodes from those bytes."""
-    reads: list[tuple[str, int]] = []
+def test_a_manifest_video_is_downloaded_once_and_decoded_from_disk(
+    tmp_path: Path, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker copies a manifest's remote video once, as a stream, into a local file that the decoders
+    read as they go (the stream never holds the encoded video in memory); every reopen decodes from that
+    file. A local video is read where it is, not copied."""
+    reads: list[tuple[str, str]] = []
     call = sources.storage.call
 
-    def counted(op: str, uri: str, *args: Any, **kwargs: Any) -> Any:
-        result = call(op, uri, *args, **kwargs)
-        if op == "read":
-            reads.append((uri, len(result)))
-        return result
+    def counted(op: str, uri: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append((uri, fn.__name__.lstrip("_")))  # s3fs names its copy _get_file
+        return call(op, uri, fn, *args, **kwargs)
 
     monkeypatch.setattr(sources.storage, "call", counted)
-    rows = []
-    for k in (1, 10):
-        path = tmp_path / f"v{k}.mp4"
-        path.write_bytes(keyframed(96 * k))
-        rows.append({"key": f"v{k}", "uri": str(path)})
+    s3 = fsspec.filesystem("s3")
+    rows, encoded = [], {k: keyframed(96 * k) for k in (1, 10)}
+    for k, data in encoded.items():
+        s3.pipe(f"{s3_bucket}/v{k}.mp4", data)
+        rows.append({"key": f"v{k}", "uri": f"s3://{s3_bucket}/v{k}.mp4"})
+    (tmp_path / "here.mp4").write_bytes(keyframed(96))
+    rows.append({"key": "here", "uri": str(tmp_path / "here.mp4")})
     (tmp_path / "videos.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     source = SourceConfig(uri=str(tmp_path / "videos.jsonl"), format="manifest", fps=6, prefetch_frames=4)
     [shard] = list_shards(source)
+    opened: list[object] = []
 
     def backward_pass(item: VideoInput, frames: FrameStream) -> list[MaskletRecord]:
+        assert isinstance(frames, VideoStream)
+        opened.append(frames._source)
         forward = [f.index for f in frames]
         assert backward(frames, len(forward), chunk=8) == forward[::-1]
         return []
 
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    reads.clear()
     for item in iter_videos(shard):
         assert isinstance(item, VideoInput) and isinstance(item.content, str)  # a URI, not bytes
-        run_video(item, backward_pass, source)
-    assert reads == [(r["uri"], Path(r["uri"]).stat().st_size) for r in rows]
+        run_video(item, backward_pass, source, folder=str(folder))
+    assert [(uri, how) for uri, how in reads] == [(rows[0]["uri"], "get_file"), (rows[1]["uri"], "get_file"),
+                                                  (rows[2]["uri"], "info")]  # fmt: skip
+    assert opened == [folder / "v1.mp4", folder / "v10.mp4", tmp_path / "here.mp4"]
+    assert (folder / "v10.mp4").read_bytes() == encoded[10]
 
 
 # ---- objects: max_objects bounds those tracked at once

@@ -455,12 +455,17 @@ def test_frame_folders_on_s3(s3_bucket: str) -> None:
         second.open(fps=6)
 
 
+@pytest.mark.parametrize("how", ["read_bytes", "local"])
 def test_reading_a_video_uri_is_retried_and_a_lasting_outage_is_not_the_videos_fault(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, how: str
 ) -> None:
-    """A manifest's video URI: 404 is the input's fault (an error row), a 503 that outlasts the retries
-    is the machine's (a StorageError: the shard attempt fails and is retried, nothing committed)."""
+    """A manifest's video URI, read into memory or downloaded to a local file (as a worker does): 404 is
+    the input's fault (an error row), a 503 that outlasts the retries is the machine's (a StorageError:
+    the shard attempt fails and is retried, nothing committed)."""
     replies = {"/flaky.mp4": [503, 200], "/down.mp4": [503] * 10, "/gone.mp4": [404]}
+
+    def read(item: VideoInput) -> bytes:
+        return item.read_bytes() if how == "read_bytes" else Path(item.local(str(tmp_path))).read_bytes()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
@@ -481,12 +486,12 @@ def test_reading_a_video_uri_is_retried_and_a_lasting_outage_is_not_the_videos_f
     threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
     try:
-        assert VideoInput("flaky", "flaky", "m#1", f"{base}/flaky.mp4", "mp4").read_bytes() == b"video bytes"
+        assert read(VideoInput("flaky", "flaky", "m#1", f"{base}/flaky.mp4", "mp4")) == b"video bytes"
         with pytest.raises(storage.StorageError, match=f"{base}/down.mp4 failed after 3 attempts") as err:
-            VideoInput("down", "down", "m#2", f"{base}/down.mp4", "mp4").read_bytes()
+            read(VideoInput("down", "down", "m#2", f"{base}/down.mp4", "mp4"))
         assert err.value.transient and not isinstance(err.value, InputError)
         with pytest.raises(VideoDecodeError, match=f"{base}/gone.mp4 does not exist"):
-            VideoInput("gone", "gone", "m#3", f"{base}/gone.mp4", "mp4").read_bytes()
+            read(VideoInput("gone", "gone", "m#3", f"{base}/gone.mp4", "mp4"))
     finally:
         httpd.shutdown()
         httpd.server_close()

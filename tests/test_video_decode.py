@@ -327,6 +327,36 @@ def test_decord_decodes_only_videos_whose_frames_fit_its_budget(monkeypatch: pyt
     assert all(np.array_equal(a, b) for a, b in zip(again, reopened, strict=True)) and len(reopened) == 4
 
 
+@pytest.mark.parametrize("budget", [None, 1])  # decord, then PyAV
+def test_a_local_file_decodes_as_its_bytes_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int | None
+) -> None:
+    """A downloaded video is decoded from the disk as decoding goes (its path, never its bytes, held): the
+    same frames, reopens, frame count and backend as from the bytes."""
+    from masklet.io import video
+
+    if budget is not None:
+        monkeypatch.setattr(video, "DECORD_MAX_DECODED_BYTES", budget)
+    data = encode(40, keyint=8)
+    path = tmp_path / "v.mp4"
+    path.write_bytes(data)
+    seen = []
+    for source in (data, path):
+        with open_video(source, key="k", fps=6) as stream:
+            seen.append((stream.backend, stream.frame_count, [(f.index, f.rgb) for f in stream]))
+            seen[-1] += ([(f.index, f.rgb) for f in stream.reopen(3, 6)],)
+            assert stream._source is source
+    (backend, count, frames, again), (backend2, count2, frames2, again2) = seen
+    assert (backend, count) == (backend2, count2) == ("decord" if budget is None else "pyav", 40)
+    for a, b in ((frames, frames2), (again, again2)):
+        assert [i for i, _ in a] == [i for i, _ in b]
+        assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b, strict=True))
+    assert [i for i, _ in again] == [12, 16, 20]
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(VideoDecodeError, match="empty"):
+        open_video(tmp_path / "empty.mp4", key="k")
+
+
 def test_a_large_video_only_decord_reads_still_decodes(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

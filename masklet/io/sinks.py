@@ -45,6 +45,7 @@ from masklet.io.schema import (
     videos_table,
 )
 from masklet.io.storage import RetryPolicy, StagedFile, StorageError
+from masklet.io.video import Encoded
 
 _VIDEO_EXT = re.compile(r"[a-z0-9]{1,5}")
 # masklet rows wait, as Arrow, until they hold this much, then go to the staged Parquet file as one row
@@ -198,7 +199,7 @@ class ShardWriter:
         video: VideoRecord,
         masklets: Sequence[MaskletRecord] = (),
         *,
-        video_bytes: bytes | None = None,
+        video_bytes: Encoded | None = None,
         video_ext: str = "mp4",
     ) -> None:
         """Record one video (ok or failed) with all its masklets, kept or not.
@@ -218,7 +219,7 @@ class ShardWriter:
         masklets: Iterable[MaskletRecord],
         write_document: Callable[[BinaryIO], None],
         *,
-        video_bytes: bytes | None = None,
+        video_bytes: Encoded | None = None,
         video_ext: str = "mp4",
     ) -> None:
         """`add_video` for an ok video whose masklets are never held together (a stitched video): its
@@ -292,14 +293,19 @@ class ShardWriter:
             raise RuntimeError(f"shard {self.shard_id} writer is closed (committed or aborted)")
 
     def _add_document(
-        self, video: VideoRecord, write: Callable[[BinaryIO], None], video_bytes: bytes | None, video_ext: str
+        self, video: VideoRecord, write: Callable[[BinaryIO], None], video_bytes: Encoded | None, video_ext: str
     ) -> None:
         """An ok video's tar members: its SA-V JSON (`write` fills it), with `write_video` its bytes."""
         with tempfile.TemporaryFile() as doc:  # a long video's document is never in memory whole
             write(doc)
             self._add_member(f"{video.video_key}.json", doc)
         if self.write_video:
-            self._add_member(f"{video.video_key}.{video_ext}", io.BytesIO(video_bytes))
+            name = f"{video.video_key}.{video_ext}"
+            if isinstance(video_bytes, bytes):
+                self._add_member(name, io.BytesIO(video_bytes))
+            else:  # a local copy, copied into the tar as a stream
+                with open(video_bytes, "rb") as f:
+                    self._add_member(name, f)
 
     def _add_rows(self, video: VideoRecord, masklets: Iterable[MaskletRecord]) -> None:
         """The video's row and its masklet rows, a row group whenever ROW_GROUP_BYTES of rows wait."""
@@ -327,7 +333,7 @@ class ShardWriter:
             self._write_row_group()
 
     def _check_video(
-        self, video: VideoRecord, masklets: Sequence[MaskletRecord], video_bytes: bytes | None, video_ext: str
+        self, video: VideoRecord, masklets: Sequence[MaskletRecord], video_bytes: Encoded | None, video_ext: str
     ) -> None:
         """Refuse a video before any of it reaches the tar, so a refusal leaves the shard consistent."""
         key = video.video_key

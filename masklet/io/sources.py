@@ -39,6 +39,7 @@ Where each problem is caught:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -48,6 +49,7 @@ import posixpath
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import fsspec
@@ -59,7 +61,7 @@ from masklet.io import storage
 from masklet.io.layout import SHARD_ID
 from masklet.io.storage import StorageError, is_local, url_to_fs, where_relative
 from masklet.io.tars import MAX_MEMBER_BYTES, TarDamaged, read_tar, sanitize_key
-from masklet.io.video import FrameFiles, VideoDecodeError, VideoStream, open_video
+from masklet.io.video import Encoded, FrameFiles, VideoDecodeError, VideoStream, open_video
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi")
 MANIFEST_EXTENSIONS = ("parquet", "csv", "jsonl")
@@ -119,16 +121,40 @@ class VideoInput:
     prompts: str | None = None
 
     def read_bytes(self) -> bytes:
-        """The encoded video; a uri is fetched through the storage layer's retries. A video that is
-        missing, denied or unreadable for good is a VideoDecodeError (the input's fault); a transient
-        fault that outlasts the retries is a StorageError (the machine's: the shard is retried)."""
-        if isinstance(self.content, bytes):
-            return self.content
+        """The encoded video in memory; a uri is fetched through the storage layer's retries (see `_fetch`)."""
         if isinstance(self.content, FrameFiles):
             raise TypeError(f"video {self.key!r} is a folder of frames, not an encoded file")
+        if isinstance(self.content, bytes):
+            return self.content
+        with self._fetch(self.content):
+            return storage.read_bytes(self.content)
+
+    def local(self, folder: str) -> Encoded:
+        """The encoded video where a decoder reads it without holding a copy: a tar member's bytes as they
+        are, a local file where it is, a remote file downloaded into `folder` as a stream (a 2-hour video
+        is never in memory whole)."""
+        if isinstance(self.content, FrameFiles):
+            raise TypeError(f"video {self.key!r} is a folder of frames, not an encoded file")
+        if isinstance(self.content, bytes):
+            return self.content
         uri = self.content
+        ext = self.ext if self.ext and self.ext.isalnum() else "video"  # a name FFmpeg may guess the format from
+        with self._fetch(uri):
+            fs, path = storage.url_to_fs(uri)
+            if is_local(fs):
+                storage.call("read", uri, fs.info, path)  # there (a missing file is the input's fault)
+                return Path(path)
+            copy = Path(folder) / f"{self.key}.{ext}"
+            storage.get_file(uri, str(copy))
+        return copy
+
+    @contextlib.contextmanager
+    def _fetch(self, uri: str) -> Iterator[None]:
+        """A video that is missing, denied or unreadable for good is a VideoDecodeError (the input's
+        fault); a transient fault that outlasts the retries is a StorageError (the machine's: the shard
+        is retried)."""
         try:
-            return storage.read_bytes(uri)
+            yield
         except StorageError as exc:
             if exc.transient:
                 raise

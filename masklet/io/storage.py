@@ -388,6 +388,12 @@ def read_bytes(uri: str, *, retry: RetryPolicy | None = None) -> bytes:
     return call("read", uri, fs.cat_file, path, retry=retry)
 
 
+def get_file(uri: str, local: str, *, retry: RetryPolicy | None = None) -> None:
+    """Copy the file at `uri` to the local path `local` as a stream (retried; a StorageError naming it)."""
+    fs, path = url_to_fs(uri)
+    call("read", uri, fs.get_file, path, local, retry=retry)
+
+
 def read_bytes_if_present(uri: str, *, retry: RetryPolicy | None = None) -> bytes | None:
     """`read_bytes(uri)`, or None where there is no such file."""
     try:

@@ -1,8 +1,8 @@
 """Streaming video decode at the annotation fps, with the original index of every frame.
 
-Inputs: container bytes (a tar member; never extracted to disk), a binary file object (read whole:
-decord needs the container in memory, so memory holds the compressed video but never all of its
-frames), or the JPEG files of a frame folder (SA-V / DAVIS layout).
+Inputs: container bytes (a tar member), a local file (a video downloaded from storage: decoded from the
+disk, so memory never holds the compressed video), a binary file object (read whole), or the JPEG files
+of a frame folder (SA-V / DAVIS layout). Memory never holds all of a video's frames.
 
 Backends: decord (what the official predictor uses for video files) for a video whose decoded frames
 all fit in DECORD_MAX_DECODED_BYTES: decord decodes ahead of a slower reader and holds what it
@@ -58,6 +58,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 import decord
@@ -175,9 +176,9 @@ class _Decoder:
 class _Decord(_Decoder):
     backend = "decord"
 
-    def __init__(self, data: bytes, clock: DecodeClock) -> None:
+    def __init__(self, data: Encoded, clock: DecodeClock) -> None:
         with _stderr_silenced():
-            self._reader = decord.VideoReader(io.BytesIO(data))
+            self._reader = decord.VideoReader(_media(data))
         self._first: np.ndarray | None = self._reader.next().asnumpy()
         self.clock = clock
         clock.frames_decoded += 1
@@ -231,11 +232,11 @@ class _Decord(_Decoder):
 class _PyAV(_Decoder):
     backend = "pyav"
 
-    def __init__(self, data: bytes, key: str, clock: DecodeClock) -> None:
+    def __init__(self, data: Encoded, key: str, clock: DecodeClock) -> None:
         import av
 
         self._data, self.clock = data, clock
-        self._container = av.open(io.BytesIO(data))
+        self._container = av.open(_media(data))
         try:
             if not self._container.streams.video:
                 raise VideoDecodeError(key, "the file has no video stream")
@@ -283,7 +284,7 @@ class _PyAV(_Decoder):
         if self._packets is None:
             import av
 
-            with av.open(io.BytesIO(self._data)) as container:
+            with av.open(_media(self._data)) as container:
                 stream = container.streams.video[0]
                 # a discarded packet (before an MP4 edit list's start) gives no frame
                 packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size and not p.is_discard]
@@ -302,7 +303,7 @@ class _PyAV(_Decoder):
         frame, pts = self._keyframe(index)
         if pts is None:
             self._container.close()
-            self._container = av.open(io.BytesIO(self._data))
+            self._container = av.open(_media(self._data))
             self._stream = self._container.streams.video[0]
             self._stream.thread_type = "AUTO"
         else:
@@ -314,24 +315,38 @@ class _PyAV(_Decoder):
         self._container.close()
 
 
-def _header_frame_count(data: bytes) -> int:
+# An encoded video: its bytes in memory, or a local file (a download, a tar member written out), which the
+# decoders read from the disk as they go instead of holding it
+Encoded = bytes | Path
+
+
+def _media(data: Encoded) -> io.BytesIO | str:
+    """What PyAV and decord open: a buffer over the bytes, or the file's path."""
+    return io.BytesIO(data) if isinstance(data, bytes) else str(data)
+
+
+def encoded_size(data: Encoded) -> int:
+    return len(data) if isinstance(data, bytes) else data.stat().st_size
+
+
+def _header_frame_count(data: Encoded) -> int:
     """The frame count the container's header states (AVI, MP4), 0 where it states none or PyAV is absent."""
     try:
         import av
     except ImportError:
         return 0
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(_media(data)) as container:
             return int(container.streams.video[0].frames or 0)
     except (av.FFmpegError, IndexError):
         return 0
 
 
-def _count_packets(data: bytes) -> int:
+def _count_packets(data: Encoded) -> int:
     """Frames of a container that does not store the count (Matroska, WebM): demux, don't decode."""
     import av
 
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(_media(data)) as container:
         stream = container.streams.video[0]
         return sum(1 for packet in container.demux(stream) if packet.size)
 
@@ -397,14 +412,14 @@ def _is_complete_jpeg(data: bytes) -> bool:
     return data.startswith(b"\xff\xd8") and data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0
 
 
-def _open_decoder(source: bytes | FrameFiles, key: str, clock: DecodeClock) -> _Decoder:
+def _open_decoder(source: Encoded | FrameFiles, key: str, clock: DecodeClock) -> _Decoder:
     """decord for a video whose decoded frames all fit in DECORD_MAX_DECODED_BYTES (or whose header
     PyAV cannot read), else PyAV, which also decodes what decord cannot open; decord after all where
     only it reads a larger video. Decided before decord opens it: an open starts its read-ahead."""
     if isinstance(source, FrameFiles):
         return _Jpegs(source, key, clock)
     data = source
-    if not data:
+    if not encoded_size(data):
         raise VideoDecodeError(key, "the video file is empty (0 bytes)")
     size = _decoded_bytes(data)
     if size is None or size <= DECORD_MAX_DECODED_BYTES:
@@ -424,13 +439,13 @@ def _open_decoder(source: bytes | FrameFiles, key: str, clock: DecodeClock) -> _
         return decoder
 
 
-def _decoded_bytes(data: bytes) -> int | None:
+def _decoded_bytes(data: Encoded) -> int | None:
     """The bytes of all the frames of a video decoded to RGB, from its container's header (PyAV; the
     count from the duration where the header has none); None where PyAV cannot tell."""
     try:
         import av
 
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(_media(data)) as container:
             stream = container.streams.video[0]
             frames = stream.frames
             if not frames and stream.duration and stream.time_base and stream.average_rate:
@@ -442,7 +457,7 @@ def _decoded_bytes(data: bytes) -> int | None:
         return None
 
 
-def _open_pyav(data: bytes, key: str, clock: DecodeClock) -> _PyAV:
+def _open_pyav(data: Encoded, key: str, clock: DecodeClock) -> _PyAV:
     """PyAV's decoder; what keeps it from decoding the first frame, as a VideoDecodeError."""
     try:
         import av
@@ -482,7 +497,7 @@ class _Replays:
     decoded, by position; whether seeking still gives those frames; and the decoder that seeks, lent to
     one copy at a time (opening the video again would copy and index the whole container every time)."""
 
-    def __init__(self, source: bytes | FrameFiles, key: str, clock: DecodeClock) -> None:
+    def __init__(self, source: Encoded | FrameFiles, key: str, clock: DecodeClock) -> None:
         self.source, self.key, self.clock = source, key, clock
         self.checksums = array.array("L")
         self.seeking = True
@@ -512,14 +527,15 @@ class VideoStream:
 
     Iterate once (or use as a context manager); leaving the loop early stops the decoder thread.
     `frame_indices` lists the frames yielded so far; `reopen(start, stop)` decodes annotated positions
-    start..stop-1 again from the bytes already in memory (never from the source), for a backward pass.
+    start..stop-1 again, for a backward pass, from the bytes or local file it was opened from (never from
+    the storage source).
     A stream of a span of the video (`open_video(..., start=, stop=)`, a chunk of a split video) counts
     its positions from the span's first: its reopens stay inside the span.
     """
 
     def __init__(
         self,
-        source: bytes | FrameFiles,
+        source: Encoded | FrameFiles,
         decoder: _Decoder,
         *,
         key: str,
@@ -668,7 +684,7 @@ class VideoStream:
 
 
 def open_video(
-    source: bytes | BinaryIO | FrameFiles,
+    source: Encoded | BinaryIO | FrameFiles,
     *,
     key: str = "",
     fps: float | None = None,
@@ -680,11 +696,13 @@ def open_video(
 ) -> VideoStream:
     """Open a video and decode its first frame; raise VideoDecodeError if it is not a usable video.
 
-    `start`, `stop`: the stream is annotated positions start..stop-1 only (a chunk of a split video;
-    its first frame is sought, as a backward pass's are); its positions count from `start`."""
+    `source`: the encoded video in memory, a local file (`Path`, read as decoding goes), a binary file
+    object (read whole) or a folder's JPEG frames. `start`, `stop`: the stream is annotated positions
+    start..stop-1 only (a chunk of a split video; its first frame is sought, as a backward pass's are);
+    its positions count from `start`."""
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
-    if not isinstance(source, (bytes, FrameFiles)):
+    if not isinstance(source, (bytes, Path, FrameFiles)):
         source = bytes(source) if isinstance(source, (bytearray, memoryview)) else source.read()
     decoder = _open_decoder(source, key, DecodeClock())
     if decoder.frame_count < min_frames:

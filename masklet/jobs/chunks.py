@@ -79,7 +79,8 @@ def process_chunk(
     start, stop = split.spans[index]
     watch.video_started(split.video_key)
     item = _find(split, source)
-    video = label_video(item, pipeline, source, watch, span=(start, stop))
+    with tempfile.TemporaryDirectory(prefix="masklet-chunk-") as folder:  # the video's download, if any
+        video = label_video(item, pipeline, source, watch, folder=folder, span=(start, stop))
     checksums = watch.stream.checksums if watch.stream is not None else []
     table = masklets_table(list(video.masklets), model=model, config_hash=config_hash)  # each built once
     with storage.staged_file(splits.chunk_uri(output_uri, split, index, "parquet")) as stage:
@@ -131,10 +132,10 @@ def stitch_split(
         failed, row = misled
         rows[failed] = row
     item = _find(split, source) if write_video and failed is None else None
-    data = item.read_bytes() if isinstance(item, VideoInput) else None
     ext = item.ext if isinstance(item, VideoInput) and item.ext else "mp4"
     writer = ShardWriter(output_uri, split.split_id, model=model, config_hash=config_hash, write_video=write_video)
     with writer, tempfile.TemporaryDirectory(prefix="masklet-stitch-") as local:
+        data = item.local(local) if isinstance(item, VideoInput) else None
         boundaries: list[dict[str, int]] = []
         if failed is not None:
             video = write_labeled(writer, LabeledVideo(_failed_row(split, failed, rows[failed]), []), item)

@@ -14,6 +14,7 @@ import ctypes
 import logging
 import math
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from masklet.io.schema import MaskletRecord, VideoRecord, empty_counts
 from masklet.io.sinks import SavObject, ShardWriter, write_sav_rows
 from masklet.io.sources import Shard, VideoError, VideoInput, iter_videos
 from masklet.io.tars import sanitize_key
-from masklet.io.video import FRAME_FOLDER_FPS, FrameFiles, VideoStream, open_video
+from masklet.io.video import FRAME_FOLDER_FPS, Encoded, FrameFiles, VideoStream, encoded_size, open_video
 from masklet.jobs.split import SplitVideo, plan_split, write_plan
 from masklet.pipelines.contract import VideoPipeline
 from masklet.pipelines.streamed import JudgedMasklets
@@ -66,12 +67,12 @@ class ShardWatch:
 @dataclass
 class LabeledVideo:
     """One video through decode and pipeline: its row, its masklets (none for an error row) and, for
-    an encoded video, its bytes (what `output.write_video` copies into the output tar). A video too
-    long for one worker is not labelled: `split` says how its chunks will be."""
+    an encoded video, its bytes or local copy (what `output.write_video` copies into the output tar). A
+    video too long for one worker is not labelled: `split` says how its chunks will be."""
 
     record: VideoRecord
     masklets: Sequence[MaskletRecord]  # a list, or a JudgedMasklets (built one at a time)
-    data: bytes | None = None
+    data: Encoded | None = None
     split: SplitVideo | None = None
 
     @property
@@ -82,7 +83,7 @@ class LabeledVideo:
 
 
 # Whether an opened video is split (masklet.jobs.split): its plan, or None to label it here.
-Splitter = Callable[[VideoInput, VideoStream, "bytes | None"], "SplitVideo | None"]
+Splitter = Callable[[VideoInput, VideoStream, "Encoded | None"], "SplitVideo | None"]
 
 
 def label_video(
@@ -91,16 +92,18 @@ def label_video(
     source: SourceConfig,
     watch: ShardWatch | None = None,
     *,
+    folder: str,
     span: tuple[int, int | None] = (0, None),
     splitter: Splitter | None = None,
 ) -> LabeledVideo:
     """Decode `item` at `source`'s fps (annotated positions `span` only) and label it; the input's own
-    faults become its error row, any other exception propagates."""
+    faults become its error row, any other exception propagates. A video from storage is downloaded into
+    `folder` (`VideoInput.local`), where its `data` stays until the caller is done with it."""
     if isinstance(item, VideoError):
         return LabeledVideo(error_row(item.key, item.original_key, item.source_uri, "VideoError", item.reason), [])
     attempt = _Attempt(time.perf_counter())
     try:
-        return run_video(item, pipeline, source, attempt, watch, span=span, splitter=splitter)
+        return run_video(item, pipeline, source, attempt, watch, folder=folder, span=span, splitter=splitter)
     except InputError as exc:
         known = _stream_fields(attempt.stream, attempt.data) if attempt.stream is not None else {}
         record = error_row(
@@ -116,7 +119,7 @@ class _Attempt:
 
     t0: float
     stream: VideoStream | None = None
-    data: bytes | None = None
+    data: Encoded | None = None
 
 
 def run_video(
@@ -126,6 +129,7 @@ def run_video(
     attempt: _Attempt | None = None,
     watch: ShardWatch | None = None,
     *,
+    folder: str,
     span: tuple[int, int | None] = (0, None),
     splitter: Splitter | None = None,
 ) -> LabeledVideo:
@@ -133,7 +137,7 @@ def run_video(
     goes wrong (`label_video` turns the input's faults into an error row; the Python API lets
     everything reach the caller). A video `splitter` splits is opened, not labelled."""
     attempt = attempt or _Attempt(time.perf_counter())
-    attempt.data = None if isinstance(item.content, FrameFiles) else item.read_bytes()
+    attempt.data = None if isinstance(item.content, FrameFiles) else item.local(folder)
     attempt.stream = stream = open_video(
         item.content if attempt.data is None else attempt.data,
         key=item.key,
@@ -198,20 +202,21 @@ def process_shard(
     with writer:
         for item in iter_videos(shard, source.max_member_bytes):
             watch.video_started(item.key)
-            video = label_video(item, pipeline, source, watch, splitter=splitter)
-            if video.split is not None:
-                write_plan(output_uri, video.split)
-                splits.append(video.split)
+            with tempfile.TemporaryDirectory(prefix="masklet-video-") as folder:  # its download, until written
+                video = label_video(item, pipeline, source, watch, folder=folder, splitter=splitter)
+                if video.split is not None:
+                    write_plan(output_uri, video.split)
+                    splits.append(video.split)
+                    keys.add(video.record.video_key)
+                    watch.video_done(video)
+                    continue
+                video.record = _unique_key(video.record, keys)
+                video = write_labeled(writer, video, item)
                 keys.add(video.record.video_key)
+                if video.record.status == "error":
+                    failed.append((video.record.video_key, video.record.error_type or "", video.record.error or ""))
                 watch.video_done(video)
-                continue
-            video.record = _unique_key(video.record, keys)
-            video = write_labeled(writer, video, item)
-            keys.add(video.record.video_key)
-            if video.record.status == "error":
-                failed.append((video.record.video_key, video.record.error_type or "", video.record.error or ""))
-            watch.video_done(video)
-            del video  # its masklets are the writer's rows now: not held while the next video is labelled
+                del video  # its masklets are the writer's rows now: not held while the next video is labelled
             return_freed_memory()
         watch.before_commit()
         split_ids = {"split_videos": [s.split_id for s in splits]} if splits else {}
@@ -245,7 +250,7 @@ _LIBC = _glibc()
 def _splitter(shard: Shard, config: SplitConfig, source: SourceConfig) -> Splitter:
     """Split a video of `shard` whose annotated frames (from its header) outlast a chunk and its overlap."""
 
-    def split(item: VideoInput, stream: VideoStream, data: bytes | None) -> SplitVideo | None:
+    def split(item: VideoInput, stream: VideoStream, data: Encoded | None) -> SplitVideo | None:
         fields = _stream_fields(stream, data)
         del fields["frame_indices"]
         video = {"video_key": item.key, "original_key": item.original_key, "source_uri": item.source_uri, **fields}
@@ -286,7 +291,7 @@ def write_streamed(
     record: VideoRecord,
     masklets: JudgedMasklets,
     *,
-    video_bytes: bytes | None = None,
+    video_bytes: Encoded | None = None,
     video_ext: str = "mp4",
 ) -> None:
     """An ok video's masklets, one at a time, and its SA-V document, a window of frames at a time (on the
@@ -307,7 +312,7 @@ def error_row(key: str, original_key: str, source_uri: str, error_type: str, err
     return VideoRecord(key, original_key, source_uri, status="error", error=error, error_type=error_type, **known)
 
 
-def _stream_fields(stream: VideoStream, data: bytes | None) -> dict[str, Any]:
+def _stream_fields(stream: VideoStream, data: Encoded | None) -> dict[str, Any]:
     """What decoding learnt about a video; a container without a frame rate counts as SA-V's 24 fps."""
     return {
         "fps": stream.source_fps or FRAME_FOLDER_FPS,
@@ -316,7 +321,7 @@ def _stream_fields(stream: VideoStream, data: bytes | None) -> dict[str, Any]:
         "width": stream.width,
         "frame_indices": list(stream.frame_indices),
         "decoder": stream.backend,
-        "video_bytes": len(data) if data is not None else None,
+        "video_bytes": encoded_size(data) if data is not None else None,
     }
 
 
