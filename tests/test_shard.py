@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tarfile
+import tempfile
 from pathlib import Path
 
+import pytest
+
 from masklet.config import SourceConfig
+from masklet.io import sources
 from masklet.io.errors import InputError, printable_message
 from masklet.io.outputs import read_shard
 from masklet.io.sources import VideoInput, list_shards
@@ -52,3 +58,29 @@ def test_a_video_row_counts_the_frames_its_decoder_decoded(tmp_path: Path) -> No
     [row] = read_shard(out, shard.id).videos
     assert row.status == "ok" and row.frame_indices == [0, 2, 4, 6, 8, 10]
     assert row.frames_decoded == 11 + 11
+
+
+def test_a_video_spilled_from_its_tar_is_labelled_and_copied_as_one_held_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Video members written out of the tar (over SPILL_MEMBER_BYTES) give the same rows and, with
+    `write_video`, the same output tar as members read into memory; no local copy outlives the shard."""
+    write_corpus(str(tmp_path / "in"), videos=2, per_shard=2, seed=0, width=64, height=48, frames=12, fps=24.0)
+    source = SourceConfig(uri=str(tmp_path / "in" / "shard-*.tar"), fps=12.0)
+    [shard] = list_shards(source)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    outputs = []
+    for spill in (sources.SPILL_MEMBER_BYTES, 0):
+        monkeypatch.setattr(sources, "SPILL_MEMBER_BYTES", spill)
+        out = str(tmp_path / f"out-{spill}")
+        job = {"output_uri": out, "model": "m", "config_hash": "h", "write_video": True}
+        process_shard(shard, _reading_pipeline, source=source, **job)
+        with tarfile.open(f"{out}/wds/{shard.id}.tar") as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        rows = [dataclasses.replace(v, total_seconds=0.0, decode_seconds=0.0, model_seconds=0.0)
+                for v in read_shard(out, shard.id).videos]  # fmt: skip
+        outputs.append((members, rows))
+    assert outputs[0] == outputs[1]
+    assert sum(name.endswith(".mp4") for name in outputs[0][0]) == 2
+    assert list((tmp_path / "tmp").iterdir()) == []

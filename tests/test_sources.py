@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import gzip
 import http.server
 import io
@@ -243,7 +244,10 @@ def test_sanitize_key() -> None:
     assert sanitize_key("") and sanitize_key("vidéo").startswith("vid_o-")
 
 
-def test_a_truncated_tar_keeps_what_was_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spill", [None, 2000])  # b (5.5 KB) read into memory, or written out to a file
+def test_a_truncated_tar_keeps_what_was_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spill: int) -> None:
+    if spill is not None:
+        monkeypatch.setattr(sources, "SPILL_MEMBER_BYTES", spill)
     b = encode(40)
     data = tar_bytes([("a.mp4", encode(3)), ("b.mp4", b), ("c.mp4", encode(3))])
     (tmp_path / "shard-000007.tar").write_bytes(data[: data.index(b) + len(b) // 2])  # cut inside b
@@ -253,6 +257,26 @@ def test_a_truncated_tar_keeps_what_was_read(tmp_path: Path) -> None:
     assert items[0].key == "a"
     assert items[1].key == "shard-000007" and "truncated or corrupt" in items[1].reason
     assert "'b.mp4'" in items[1].reason and items[1].source_uri == shard.uri
+
+
+def test_a_large_video_member_is_decoded_from_a_local_copy_removed_after_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A video member over SPILL_MEMBER_BYTES is written to a local file as it is read from the tar; its
+    input decodes from that file (never holding the bytes), and the file goes when the input does."""
+    monkeypatch.setattr(sources, "SPILL_MEMBER_BYTES", 2000)
+    big, small = encode(40), encode(3)  # 5.5 KB and 1.7 KB
+    (tmp_path / "s.tar").write_bytes(tar_bytes([("big.mp4", big), ("big.json", b'{"a": 1}'), ("small.mp4", small)]))
+    (shard,) = list_shards(config(str(tmp_path / "s.tar")))
+    assert process(shard) == [("big", "ok"), ("small", "ok")]
+    first, second = iter_videos(shard)
+    assert isinstance(first.content, sources.SpilledMember) and second.content == small
+    copy = Path(first.content)
+    assert copy.read_bytes() == big and first.metadata == {"a": 1}
+    assert first.local(str(tmp_path)) == copy and first.read_bytes() == big
+    del first
+    gc.collect()
+    assert not copy.exists()
 
 
 def three_samples() -> tuple[bytes, list[int]]:

@@ -45,8 +45,11 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import posixpath
 import re
+import tempfile
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -60,10 +63,12 @@ from masklet.config import SourceConfig
 from masklet.io import storage
 from masklet.io.layout import SHARD_ID
 from masklet.io.storage import StorageError, is_local, url_to_fs, where_relative
-from masklet.io.tars import MAX_MEMBER_BYTES, TarDamaged, read_tar, sanitize_key
+from masklet.io.tars import MAX_MEMBER_BYTES, TarDamaged, TarMember, read_tar, sanitize_key
 from masklet.io.video import Encoded, FrameFiles, VideoDecodeError, VideoStream, open_video
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi")
+# a video member larger than this is written to a local file and decoded from there (`SpilledMember`)
+SPILL_MEMBER_BYTES = 64 * 2**20
 MANIFEST_EXTENSIONS = ("parquet", "csv", "jsonl")
 FRAME_EXTENSIONS = ("jpg", "jpeg")
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
@@ -110,12 +115,13 @@ class VideoError:
 
 @dataclass(frozen=True)
 class VideoInput:
-    """One video of a shard. `content`: the member's bytes, an fsspec URI, or the JPEG frame files."""
+    """One video of a shard. `content`: the member's bytes (or, for a large one, its local copy, kept while
+    this input is), an fsspec URI, or the JPEG frame files."""
 
     key: str
     original_key: str
     source_uri: str
-    content: bytes | str | FrameFiles
+    content: bytes | SpilledMember | str | FrameFiles
     ext: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
     prompts: str | None = None
@@ -126,17 +132,21 @@ class VideoInput:
             raise TypeError(f"video {self.key!r} is a folder of frames, not an encoded file")
         if isinstance(self.content, bytes):
             return self.content
+        if isinstance(self.content, SpilledMember):
+            return Path(self.content).read_bytes()
         with self._fetch(self.content):
             return storage.read_bytes(self.content)
 
     def local(self, folder: str) -> Encoded:
         """The encoded video where a decoder reads it without holding a copy: a tar member's bytes as they
-        are, a local file where it is, a remote file downloaded into `folder` as a stream (a 2-hour video
-        is never in memory whole)."""
+        are (a large member's local copy, while this input is kept), a local file where it is, a remote
+        file downloaded into `folder` as a stream (a 2-hour video is never in memory whole)."""
         if isinstance(self.content, FrameFiles):
             raise TypeError(f"video {self.key!r} is a folder of frames, not an encoded file")
         if isinstance(self.content, bytes):
             return self.content
+        if isinstance(self.content, SpilledMember):
+            return Path(self.content)
         uri = self.content
         ext = self.ext if self.ext and self.ext.isalnum() else "video"  # a name FFmpeg may guess the format from
         with self._fetch(uri):
@@ -170,8 +180,15 @@ class VideoInput:
     def open(
         self, *, fps: float | None, max_frames: int | None = None, prefetch_frames: int = 16, min_frames: int = 2
     ) -> VideoStream:
-        """Start decoding (see masklet.io.video.open_video); raises VideoDecodeError."""
-        source = self.content if isinstance(self.content, FrameFiles) else self.read_bytes()
+        """Start decoding (see masklet.io.video.open_video); keep this input while the stream is used.
+        Raises VideoDecodeError."""
+        source: Encoded | FrameFiles
+        if isinstance(self.content, FrameFiles):
+            source = self.content
+        elif isinstance(self.content, SpilledMember):
+            source = Path(self.content)
+        else:
+            source = self.read_bytes()
         return open_video(
             source, key=self.key, fps=fps, max_frames=max_frames, prefetch_frames=prefetch_frames, min_frames=min_frames
         )
@@ -371,7 +388,7 @@ class _Sample:
 
     key: str | None
     members: dict[str, bytes] = field(default_factory=dict)  # suffix after the key (whole name until known)
-    video: tuple[str, str, bytes] | None = None  # member name, extension, bytes
+    video: tuple[str, str, bytes | SpilledMember] | None = None  # member name, extension, content
 
 
 def _tar_samples(shard: Shard, max_member_bytes: int) -> Iterator[VideoInput | VideoError]:
@@ -390,7 +407,7 @@ def _tar_samples(shard: Shard, max_member_bytes: int) -> Iterator[VideoInput | V
                 elif ext is not None:
                     key = name[: -len(ext) - 1]
                     yield from _orphans(shard, current, key)
-                    current = _Sample(key, current.members, (name, ext, member.read()))
+                    current = _Sample(key, current.members, (name, ext, _video_member(member, ext)))
                 elif belongs:
                     current.members[name[len(current.key) + 1 :]] = member.read()
                 else:
@@ -404,6 +421,31 @@ def _tar_samples(shard: Shard, max_member_bytes: int) -> Iterator[VideoInput | V
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"shard {shard.uri} does not exist") from exc
     yield from _flush(shard, current)
+
+
+class SpilledMember(os.PathLike):
+    """A large video member written out of the tar to a local file, which is removed when nothing refers
+    to this object any more (the `VideoInput` that holds it is done with)."""
+
+    def __init__(self, member: TarMember, ext: str) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="masklet-member-", suffix=f".{ext}")
+        os.close(fd)
+        weakref.finalize(self, _remove, self.path)
+        member.save(self.path)
+
+    def __fspath__(self) -> str:
+        return self.path
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _video_member(member: TarMember, ext: str) -> bytes | SpilledMember:
+    """A video member's bytes, or over SPILL_MEMBER_BYTES a local copy: a long video in a tar is decoded
+    from the disk, never held in memory whole."""
+    return member.read() if member.size <= SPILL_MEMBER_BYTES else SpilledMember(member, ext)
 
 
 def _member_error(shard: Shard, name: str, reason: str) -> VideoError:

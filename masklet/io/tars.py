@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -51,11 +52,14 @@ def sanitize_key(original: str) -> str:
 
 @dataclass
 class TarMember:
-    """One member of a tar being read: its name, why it is refused (None: a safe regular file), its bytes."""
+    """One member of a tar being read: its name, why it is refused (None: a safe regular file), its size,
+    its bytes (`read`), or its bytes written to a local file as a stream (`save(path)`)."""
 
     name: str
     refused: str | None
+    size: int
     read: Callable[[], bytes]
+    save: Callable[[str], None]
 
 
 def read_tar(f: BinaryIO, uri: str, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[TarMember]:
@@ -73,7 +77,8 @@ def read_tar(f: BinaryIO, uri: str, max_member_bytes: int = MAX_MEMBER_BYTES) ->
                     continue
                 name = printable(member.name)
                 last = name
-                yield TarMember(name, _refusal(member, name, max_member_bytes), _reader(tar, member, uri))
+                read, save = _readers(tar, member, uri)
+                yield TarMember(name, _refusal(member, name, max_member_bytes), member.size, read, save)
     except _TAR_STREAM_ERRORS as exc:
         raise _damaged(uri, last, exc) from exc
 
@@ -109,16 +114,27 @@ def _refusal(member: tarfile.TarInfo, name: str, max_bytes: int) -> str | None:
     return None
 
 
-def _reader(tar: tarfile.TarFile, member: tarfile.TarInfo, uri: str) -> Callable[[], bytes]:
-    def read() -> bytes:
+def _readers(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, uri: str
+) -> tuple[Callable[[], bytes], Callable[[str], None]]:
+    @contextmanager
+    def opened() -> Iterator[BinaryIO]:
         f = tar.extractfile(member)
         assert f is not None, "refused members (links, special files) are never read"
         try:
-            return f.read()
+            yield f
         except _TAR_STREAM_ERRORS as exc:
             raise _damaged(uri, member.name, exc) from exc
 
-    return read
+    def read() -> bytes:
+        with opened() as f:
+            return f.read()
+
+    def save(path: str) -> None:
+        with opened() as f, open(path, "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 20)
+
+    return read, save
 
 
 class _CheckedTarInfo(tarfile.TarInfo):
