@@ -222,9 +222,10 @@ class ShardWriter:
         video_bytes: Encoded | None = None,
         video_ext: str = "mp4",
     ) -> None:
-        """`add_video` for an ok video whose masklets are never held together (a stitched video): its
-        SA-V JSON is what `write_document` writes (`write_sav_rows`), then its masklet rows are taken one
-        at a time. A masklet refused here fails the shard (the document is in the tar already)."""
+        """`add_video` for an ok video whose masklets are never held together (a built-in pipeline's, a
+        stitched video's): its SA-V JSON is what `write_document` writes (`write_sav_rows`), then its
+        masklet rows are taken one at a time. A masklet refused here fails the shard (the document is in
+        the tar already)."""
         self._check_open()
         if video.status != "ok":
             raise ValueError(f"video {video.original_key!r}: only an ok video's masklets are streamed")

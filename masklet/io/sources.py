@@ -430,16 +430,11 @@ class SpilledMember(os.PathLike):
     def __init__(self, member: TarMember, ext: str) -> None:
         fd, self.path = tempfile.mkstemp(prefix="masklet-member-", suffix=f".{ext}")
         os.close(fd)
-        weakref.finalize(self, _remove, self.path)
+        weakref.finalize(self, Path(self.path).unlink, missing_ok=True)
         member.save(self.path)
 
     def __fspath__(self) -> str:
         return self.path
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
 
 
 def _video_member(member: TarMember, ext: str) -> bytes | SpilledMember:

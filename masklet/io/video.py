@@ -1,8 +1,9 @@
 """Streaming video decode at the annotation fps, with the original index of every frame.
 
-Inputs: container bytes (a tar member), a local file (a video downloaded from storage: decoded from the
-disk, so memory never holds the compressed video), a binary file object (read whole), or the JPEG files
-of a frame folder (SA-V / DAVIS layout). Memory never holds all of a video's frames.
+Inputs: container bytes (a tar member), a local file (a video downloaded from storage, or a large tar
+member written out: decoded from the disk, so memory never holds the compressed video), a binary file
+object (read whole), or the JPEG files of a frame folder (SA-V / DAVIS layout). Memory never holds all
+of a video's frames.
 
 Backends: decord (what the official predictor uses for video files) for a video whose decoded frames
 all fit in DECORD_MAX_DECODED_BYTES: decord decodes ahead of a slower reader and holds what it

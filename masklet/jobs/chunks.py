@@ -273,9 +273,7 @@ class _ChunkFiles:
     def _path(self, index: int) -> str:
         path = os.path.join(self.local, f"chunk-{index}.parquet")
         if not os.path.exists(path):
-            uri = splits.chunk_uri(self.output_uri, self.split, index, "parquet")
-            fs, remote = storage.url_to_fs(uri)
-            storage.call("read", uri, fs.get_file, remote, path)
+            storage.get_file(splits.chunk_uri(self.output_uri, self.split, index, "parquet"), path)
         return path
 
 

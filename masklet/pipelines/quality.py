@@ -238,8 +238,10 @@ class PackedMasklets:
         lo, hi = self.windows[k]
         out = []
         for obj, frames in self._frames.items():
+            if ids is not None and obj not in ids:
+                continue
             a, b = np.searchsorted(frames, [lo, hi]).tolist()
-            if b > a and (ids is None or obj in ids):
+            if b > a:
                 out.append(self._record(obj, a, b))
         return out
 
